@@ -58,6 +58,45 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _in_layout_of(reference: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` copied into a tensor with `reference`'s strides.
+
+    The mixer's projections are (b, t, c) tensors seen as (b, c, t); returning convolutions in that layout keeps the
+    elementwise products that follow on matching strides (several times faster than mixing layouts on CPU).
+    """
+    return torch.empty_like(reference).copy_(values)
+
+
+class _CausalFFTConv(torch.autograd.Function):
+    """y = irfft(rfft(u) rfft(k))[:t] with a hand-written backward that stays in real FFTs.
+
+    Autograd's own backward of rfft / irfft runs full complex FFTs and builds padding and slicing buffers; here the
+    two gradients are correlations, each one real FFT pair: du = irfft(G conj(K))[:t], dk = irfft(sum_b G conj(U))[:l]
+    with G = rfft(dy). Zero padding to n >= t + l - 1 keeps every circular wrap-around on zeros.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, k: torch.Tensor, n: int) -> torch.Tensor:
+        u_f = torch.fft.rfft(u, n=n)  # (b, c, n // 2 + 1)
+        k_f = torch.fft.rfft(k, n=n)  # (c, n // 2 + 1)
+        ctx.save_for_backward(u_f, k_f)
+        ctx.lengths = (u.shape[-1], k.shape[-1], n)
+        return _in_layout_of(u, torch.fft.irfft(u_f * k_f, n=n)[..., : u.shape[-1]])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        u_f, k_f = ctx.saved_tensors
+        seq_len, kernel_len, n = ctx.lengths
+        grad_f = torch.fft.rfft(grad_y, n=n)  # (b, c, n // 2 + 1)
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_u = _in_layout_of(grad_y, torch.fft.irfft(grad_f * k_f.conj(), n=n)[..., :seq_len])
+        if ctx.needs_input_grad[1]:
+            grad_k = torch.fft.irfft((grad_f * u_f.conj()).sum(0), n=n)[..., :kernel_len]
+        return grad_u, grad_k, None
+
+
 def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Depthwise causal convolution y[..., t] = sum_{s=0}^{t} k[:, s] * u[..., t - s], via real FFTs.
 
@@ -74,10 +113,15 @@ def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     # Zero padding to t + l - 1 makes the circular convolution of the FFT equal to the linear one.
     n = _fft_length(seq_len + k.shape[-1] - 1)
     dtype = _compute_dtype(u, k)
-    u_f = torch.fft.rfft(u.to(dtype), n=n)  # (b, c, n // 2 + 1)
-    k_f = torch.fft.rfft(k.to(dtype), n=n)  # (c, n // 2 + 1)
-    y = torch.fft.irfft(u_f * k_f, n=n)[..., :seq_len]  # (b, c, t)
-    return y.to(u.dtype)
+    return _CausalFFTConv.apply(u.to(dtype), k.to(dtype), n).to(u.dtype)
+
+
+def with_skip(k: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Kernel k (c, l) with the skip term D (c,) added to its first tap: conv(u, k) + D u = conv(u, with_skip(k, D)).
+
+    Folding D into the (small) kernel saves a full-size multiply and add per SSM, forward and backward.
+    """
+    return torch.cat([k[:, :1] + D[:, None].to(k.dtype), k[:, 1:]], dim=-1)
 
 
 def causal_conv_ref(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -189,44 +233,52 @@ def discretize(
     return dA, (dA - 1) / A * B
 
 
-def _split_powers(dA: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_powers(dA: torch.Tensor, length: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """Factors of the Vandermonde matrix dA^l, l = j m + i < length, m = ceil(sqrt(length)): dA^l = dA^(j m) dA^i.
 
-    dA: (c, n) complex. Returns (low (c, n, m): dA^i for i < m, high (c, n, length / m): dA^(j m)); powers are
-    exp(e log dA). Multiplying the factors inside a matmul never forms the (c, n, l) matrix, which would dominate
-    memory and time (one complex exp per entry) at long lengths.
+    dA: (c, n) complex. Returns ((low.real, low.imag) (c, n, m): dA^i for i < m, (high.real, high.imag)
+    (c, length / m, n): dA^(j m)), real tensors computed as |dA|^e (cos, sin)(e arg dA), each laid out the way the
+    matmul that consumes it reads it (a transposed operand would make every elementwise op around it strided).
+    Multiplying the factors inside a matmul never forms the (c, n, l) matrix, which would dominate memory and time at
+    long lengths; real arithmetic keeps the ops vectorised on CPU, where complex exp and products (and their backward)
+    are not.
     """
     m = math.isqrt(length - 1) + 1 if length > 1 else 1
-    log_dA = torch.log(dA)[..., None]  # (c, n, 1)
+    log_dA = torch.log(dA)  # (c, n)
     exponents = torch.arange(m, device=dA.device, dtype=dA.real.dtype)
-    low = _exp_times(log_dA, exponents)  # (c, n, m)
-    high = _exp_times(log_dA, m * exponents[: -(-length // m)])  # (c, n, j)
+    low = _exp_times(log_dA[..., :, None], exponents)  # (c, n, m)
+    high = _exp_times(log_dA[..., None, :], m * exponents[: -(-length // m), None])  # (c, j, n)
     return low, high
 
 
-def _exp_times(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """exp(z e) for complex z (..., 1) and real e (k,), as e^(Re z e) (cos + i sin)(Im z e): the real-valued
-    functions are vectorised on CPU where the complex exp is not (about twice as fast, forward and backward)."""
+def _exp_times(z: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of exp(z e) for complex z and real e that broadcast: e^(Re z e) (cos, sin)(Im z e)."""
     magnitude = torch.exp(z.real * e)
     angle = z.imag * e
-    return torch.complex(magnitude * torch.cos(angle), magnitude * torch.sin(angle))
+    return magnitude * torch.cos(angle), magnitude * torch.sin(angle)
 
 
-def _vandermonde(w: torch.Tensor, dA: torch.Tensor, length: int) -> torch.Tensor:
-    """sum_n w_n dA_n^l for l < length: w (..., c, n), dA (c, n) complex -> (..., c, l) complex."""
-    low, high = _split_powers(dA, length)
-    blocks = (w[..., None] * high).transpose(-1, -2) @ low  # (..., c, j, n) @ (c, n, i) -> (..., c, j, i)
+def _vandermonde_real(w: torch.Tensor, dA: torch.Tensor, length: int) -> torch.Tensor:
+    """Re sum_n w_n dA_n^l for l < length: w (..., c, n), dA (c, n) complex -> (..., c, l) real.
+
+    Re(w dA^(j m) dA^i) = Re(w dA^(j m)) Re(dA^i) - Im(w dA^(j m)) Im(dA^i): one real batched matmul over 2n.
+    """
+    (low_re, low_im), (high_re, high_im) = _split_powers(dA, length)
+    w_re, w_im = w.real[..., None, :], w.imag[..., None, :]  # (..., c, 1, n)
+    left = torch.cat([w_re * high_re - w_im * high_im, -(w_re * high_im + w_im * high_re)], dim=-1)  # (.., c, j, 2n)
+    right = torch.cat([low_re, low_im], dim=-2)  # (c, 2n, i)
+    blocks = left @ right  # (..., c, j, 2n) @ (c, 2n, i) -> (..., c, j, i)
     return blocks.flatten(-2)[..., :length]
 
 
 def _vandermonde_transpose(v: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
     """sum_l v_l dA_n^l: v (..., c, l) real or complex, dA (c, n) complex -> (..., c, n) complex."""
     length = v.shape[-1]
-    low, high = _split_powers(dA, length)
-    v = nn.functional.pad(v, (0, low.shape[-1] * high.shape[-1] - length))
-    v = v.unflatten(-1, (high.shape[-1], low.shape[-1])).to(dA.dtype)  # (..., c, j, i)
+    low, high = (torch.complex(*parts) for parts in _split_powers(dA, length))
+    v = nn.functional.pad(v, (0, low.shape[-1] * high.shape[-2] - length))
+    v = v.unflatten(-1, (high.shape[-2], low.shape[-1])).to(dA.dtype)  # (..., c, j, i)
     blocks = v @ low.transpose(-1, -2)  # (..., c, j, i) @ (c, i, n) -> (..., c, j, n)
-    return (blocks * high.transpose(-1, -2)).sum(-2)
+    return (blocks * high).sum(-2)
 
 
 def ssm_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, length: int) -> torch.Tensor:
@@ -234,7 +286,7 @@ def ssm_kernel(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, length: int)
 
     dA, dB, C: (c, n) complex. Returns K: (c, l) real.
     """
-    return 2 * _vandermonde(C * dB, dA, length).real
+    return _vandermonde_real(2 * C * dB, dA, length)
 
 
 def ssm_initial_state_response(x0: torch.Tensor, dA: torch.Tensor, C: torch.Tensor, length: int) -> torch.Tensor:
@@ -242,7 +294,7 @@ def ssm_initial_state_response(x0: torch.Tensor, dA: torch.Tensor, C: torch.Tens
 
     x0: (b, c, n) complex; dA, C: (c, n) complex. Returns (b, c, t) real.
     """
-    return 2 * _vandermonde(C * dA * x0, dA, length).real
+    return _vandermonde_real(2 * C * dA * x0, dA, length)
 
 
 def ssm_state_from_sequence(
@@ -376,11 +428,12 @@ class ShiftSSM(nn.Module):
 
     def forward(self, u: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
         """u: (b, c, t) -> (b, c, t). window: (b, c, kernel_size) inputs preceding u (oldest first), or None (zeros)."""
+        kernel = with_skip(self.weight, self.D)
         if window is None:
-            return fft_causal_conv(u, self.weight) + self.D[:, None] * u
+            return fft_causal_conv(u, kernel)
         _check_shape("conv_state", window, (u.shape[0], self.channels, self.kernel_size))
         history = torch.cat([window.to(u.dtype), u], dim=-1)  # (b, c, kernel_size + t)
-        return (fft_causal_conv(history, self.weight) + self.D[:, None] * history)[..., self.kernel_size :]
+        return fft_causal_conv(history, kernel)[..., self.kernel_size :]
 
     def roll_window(self, window: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
         """Window after appending u: the last kernel_size of (window, u). window: (b, c, l) or None; u: (b, c, t)."""
@@ -474,7 +527,7 @@ class DiagonalSSM(nn.Module):
         dA, dB = self.discretize()
         C = self._C()
         seq_len = u.shape[-1]
-        y = fft_causal_conv(u, ssm_kernel(dA, dB, C, seq_len)) + self.D[:, None] * u  # (b, c, t)
+        y = fft_causal_conv(u, with_skip(ssm_kernel(dA, dB, C, seq_len), self.D))  # (b, c, t)
         if initial_state is not None:
             _check_shape("initial_state", initial_state, (u.shape[0], self.channels, self.d_state // 2))
             y = y + ssm_initial_state_response(initial_state.to(dA.dtype), dA, C, seq_len)

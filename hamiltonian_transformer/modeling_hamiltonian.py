@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -218,6 +218,7 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
         reversible = config.reversible and self.training and torch.is_grad_enabled()
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=config)
+        _check_cache(past_key_values)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
 
         # 1. inputs: validated before any lookup, so a bad id is an error message rather than an index error
@@ -298,6 +299,23 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(inputs.attentions) if output_attentions else None,
             energies=energies,
+        )
+
+
+_SUPPORTED_CACHE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def _check_cache(cache: Cache | None) -> None:
+    """Refuse caches whose layers cannot hold E attention slots side by side (static, quantized, offloaded...)."""
+    if cache is None:
+        return
+    unsupported = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in _SUPPORTED_CACHE_LAYERS})
+    if unsupported:
+        raise ValueError(
+            f"past_key_values={type(cache).__name__} with {', '.join(unsupported)} layers is not supported by the "
+            f"Hamiltonian Transformer: each layer keeps one growing key/value slot per attention evaluation, which "
+            f"needs {' or '.join(t.__name__ for t in _SUPPORTED_CACHE_LAYERS)} layers. Pass a DynamicCache (or none); "
+            f"in generate(), leave cache_implementation unset or 'dynamic'."
         )
 
 

@@ -230,6 +230,16 @@ def test_bad_inputs_raise_clear_errors():
         model()
 
 
+def test_static_cache_is_refused_with_a_clear_error():
+    """Each layer keeps E growing key/value slots side by side; a StaticCache cannot hold them."""
+    model = tiny_model()
+    ids = torch.randint(1, 99, (1, 5))
+    with pytest.raises(ValueError, match="StaticCache with StaticLayer layers is not supported.*DynamicCache"):
+        model.generate(ids, cache_implementation="static", max_new_tokens=3, do_sample=False, pad_token_id=0)
+    greedy = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids, cache_implementation="dynamic", **greedy), model.generate(ids, **greedy))
+
+
 def test_preset_sizes():
     counts = {}
     for name in ("small", "base"):

@@ -155,11 +155,14 @@ def test_speed_quick_run_writes_json_with_every_model_stage_and_llama_ratio(tmp_
     assert results["models"]["llama"]["parameters"] > 0
     for model in ("hamiltonian:symplectic_euler", "llama"):
         records = {(r["stage"], r["length"]): r for r in results["sweep"][model]}
-        assert set(records) == {("forward", 32), ("train", 32), ("decode", 16)}
+        assert set(records) == {("forward", 32), ("train", 32), ("decode", 16), ("decode_static", 16)}
+        static = records.pop(("decode_static", 16))
         assert all(r["status"] == "ok" for r in records.values()), records
         train = records[("train", 32)]
         assert train["tokens_per_s"] > 0 and 0 < train["mfu"] and train["peak_memory_bytes"] >= 0
         assert records[("decode", 16)]["ms_per_token"] > 0
+        # Llama decodes with a static KV cache too; the Hamiltonian Transformer's growing KV slots refuse it.
+        assert static["status"] == ("ok" if model == "llama" else "unsupported"), static
     llama_train = next(r for r in results["sweep"]["llama"] if r["stage"] == "train")
     assert llama_train["tokens_per_s_vs_llama"] == 1.0
     assert "Training step, tokens/s" in (tmp_path / "speed.md").read_text()
@@ -208,14 +211,18 @@ def test_issue3_summary_compares_h3_with_llama_at_its_checkpoints():
 
     sweep = {
         "h3": [ok("train", 2048, tokens_per_s=300.0), ok("decode", 128, ms_per_token=10.0),
-               ok("decode", 4096, ms_per_token=11.0), ok("forward", 512, peak_memory_bytes=512 * 100)],
-        "llama": [ok("train", 2048, tokens_per_s=200.0), ok("decode", 4096, ms_per_token=33.0)],
+               ok("decode", 4096, ms_per_token=11.0), ok("forward", 512, peak_memory_bytes=512 * 100),
+               ok("decode_static", 128, ms_per_token=10.0), ok("decode_static", 4096, ms_per_token=10.5)],
+        "llama": [ok("train", 2048, tokens_per_s=200.0), ok("decode", 4096, ms_per_token=33.0),
+                  ok("decode_static", 4096, ms_per_token=21.0)],
     }
     summary = speed.issue3_summary(sweep)["h3"]
     assert summary["train_T2048"]["vs_llama"] == pytest.approx(1.5)
     assert summary["train_T512"] is None
     assert summary["decode_long_over_short"] == pytest.approx(1.1)
     assert summary["llama_over_h3_ms_per_token_at_long_prompt"] == pytest.approx(3.0)
+    assert summary["static_decode_long_over_short"] == pytest.approx(1.05)
+    assert summary["static_llama_over_h3_ms_per_token_at_long_prompt"] == pytest.approx(2.0)
     assert summary["forward_peak_memory_bytes_per_token"] == {"512": 100.0}
 
 

@@ -66,7 +66,11 @@ QUICK = dict(preset="tiny", seq_lens=[128, 256], prompt_lens=[64, 256], new_toke
              energy_seq_lens=[128, 256], threads=1)
 FULL = dict(preset="small", seq_lens=[256, 512, 1024, 2048, 4096, 8192], prompt_lens=[128, 512, 1024, 2048, 4096, 8192],
             new_tokens=16, repeats=3, budget_s=900.0, energy_seq_lens=[1024, 4096], threads=None)
-STAGES = ("forward", "train", "decode")
+STAGES = ("forward", "train", "decode", "decode_static")
+DECODE_STAGES = ("decode", "decode_static")
+# generate(cache_implementation="static"): a preallocated KV cache for the attention layers. The Hamiltonian
+# Transformer's layers keep growing KV slots (they refuse it) and transformers' Mamba ignores it.
+STATIC_CACHE_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "llama")
 SECTIONS = ("sweep", "energy")
 # The no-shift H3 ablations matter for quality, not speed (they cost what H3 costs).
 SPEED_MODELS = tuple(name for name in MODEL_NAMES if not name.endswith("no_shift"))
@@ -179,7 +183,8 @@ def _train_record(model, optimizer, ids: torch.Tensor, device: torch.device, rep
     return record
 
 
-def _decode_record(model, prompt: torch.Tensor, new_tokens: int, device: torch.device, repeats: int) -> dict:
+def _decode_record(model, prompt: torch.Tensor, new_tokens: int, device: torch.device, repeats: int,
+                   cache_implementation: str | None = None) -> dict:
     model.eval()
     clock = TokenClock(device)
     starts: list[float] = []
@@ -192,6 +197,7 @@ def _decode_record(model, prompt: torch.Tensor, new_tokens: int, device: torch.d
             model.generate(
                 prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                 do_sample=False, use_cache=True, pad_token_id=0, stopping_criteria=StoppingCriteriaList([clock]),
+                cache_implementation=cache_implementation,
             )
 
     prefills, gaps = [], []
@@ -240,18 +246,22 @@ def model_worker(task: dict, results: multiprocessing.Queue) -> None:
         remaining = task["budget_s"] - (time.monotonic() - started)
         # A training step costs about three forward passes (backward ~ 2x forward).
         prior = [(size, 3 * seconds) for size, seconds in forward_seconds[-1:]] if stage == "train" else None
-        budget = StageBudget(remaining / (len(task["stages"]) - index), 1.0 if stage == "decode" else 2.0, prior)
-        sizes = task["prompt_lens"] if stage == "decode" else task["seq_lens"]
+        budget = StageBudget(remaining / (len(task["stages"]) - index), 1.0 if stage in DECODE_STAGES else 2.0, prior)
+        sizes = task["prompt_lens"] if stage in DECODE_STAGES else task["seq_lens"]
         calls = task["repeats"] + 2
         blocked = None  # once a size runs out of memory or time, the larger ones are not tried
-        warm = stage != "decode"  # forward and train warm up inside their records
+        warm = stage not in DECODE_STAGES  # forward and train warm up inside their records
+        cache_implementation = "static" if stage == "decode_static" else None
         for size in sizes:
             record = {"stage": stage, "length": size}
+            if stage == "decode_static" and task["model"] not in STATIC_CACHE_MODELS:
+                results.put({**record, "status": "unsupported", "note": "unsupported: no static KV cache"})
+                continue
             status = blocked or budget.check(size, calls)
             if status is not None:
                 results.put({**record, "status": status.split(":")[0], "note": status})
                 continue
-            shape_of_batch = (1 if stage == "decode" else task["batch_size"], size)
+            shape_of_batch = (1 if stage in DECODE_STAGES else task["batch_size"], size)
             ids = torch.randint(0, shape.vocab_size, shape_of_batch, generator=generator).to(device)
             begin = time.monotonic()
             try:
@@ -266,9 +276,10 @@ def model_worker(task: dict, results: multiprocessing.Queue) -> None:
                                                  forward_flops.get(size), task["peak_flops"])
                     else:
                         if not warm:  # a short generate() first: kernel selection and lazy buffers aren't decode cost
-                            _decode_record(model, ids[:, : min(16, size)], 2, device, 1)
+                            _decode_record(model, ids[:, : min(16, size)], 2, device, 1, cache_implementation)
                             warm = True
-                        measured = _decode_record(model, ids, task["new_tokens"], device, task["repeats"])
+                        measured = _decode_record(model, ids, task["new_tokens"], device, task["repeats"],
+                                                  cache_implementation)
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             except StageTimeout:
@@ -319,7 +330,7 @@ def run_model(task: dict, log: Callable[[str], None]) -> list[dict]:
     worker.join(timeout=30)
     seen = {(record["stage"], record["length"]) for record in records}
     for stage in task["stages"]:
-        for size in task["prompt_lens"] if stage == "decode" else task["seq_lens"]:
+        for size in task["prompt_lens"] if stage in DECODE_STAGES else task["seq_lens"]:
             if (stage, size) not in seen and not finished:
                 records.append({"stage": stage, "length": size, "status": missing_status[0], "note": missing_status[1]})
     return records
@@ -328,7 +339,7 @@ def run_model(task: dict, log: Callable[[str], None]) -> list[dict]:
 def _short(record: dict) -> str:
     if record["status"] != "ok":
         return record["note"]
-    if record["stage"] == "decode":
+    if record["stage"] in DECODE_STAGES:
         return f"{record['ms_per_token']:.2f} ms/token, prefill {record['prefill_seconds']:.3f} s"
     return f"{record['tokens_per_s']:.0f} tokens/s, peak {record['peak_memory_bytes'] / 2**20:.1f} MiB"
 
@@ -480,14 +491,17 @@ def issue3_summary(sweep: dict) -> dict:
                 "vs_llama": h3["tokens_per_s"] / llama["tokens_per_s"] if llama else None,
                 "vs_mamba": h3["tokens_per_s"] / mamba["tokens_per_s"] if mamba else None,
             }
-        short, long = (_find(sweep, model, "decode", length) for length in ISSUE3_PROMPT_LENS)
-        llama_long = _find(sweep, "llama", "decode", ISSUE3_PROMPT_LENS[1])
-        if short and long:
-            entry["decode_ms_per_token"] = {str(length): r["ms_per_token"] for length, r in
-                                            zip(ISSUE3_PROMPT_LENS, (short, long))}
-            entry["decode_long_over_short"] = long["ms_per_token"] / short["ms_per_token"]
-            if llama_long:
-                entry["llama_over_h3_ms_per_token_at_long_prompt"] = llama_long["ms_per_token"] / long["ms_per_token"]
+        for stage in DECODE_STAGES:  # each against Llama with the same kind of cache
+            prefix = "" if stage == "decode" else "static_"
+            short, long = (_find(sweep, model, stage, length) for length in ISSUE3_PROMPT_LENS)
+            llama_long = _find(sweep, "llama", stage, ISSUE3_PROMPT_LENS[1])
+            if short and long:
+                entry[f"{prefix}decode_ms_per_token"] = {str(length): r["ms_per_token"] for length, r in
+                                                         zip(ISSUE3_PROMPT_LENS, (short, long))}
+                entry[f"{prefix}decode_long_over_short"] = long["ms_per_token"] / short["ms_per_token"]
+                if llama_long:
+                    entry[f"{prefix}llama_over_h3_ms_per_token_at_long_prompt"] = (
+                        llama_long["ms_per_token"] / long["ms_per_token"])
         forward = [r for r in sweep[model] if r["stage"] == "forward" and r["status"] == "ok"]
         entry["forward_peak_memory_bytes_per_token"] = {str(r["length"]): r["peak_memory_bytes"] / r["length"]
                                                         for r in forward}
@@ -553,6 +567,8 @@ def markdown_report(results: dict) -> str:
             _table(sweep, "forward", seq_lens, "peak_memory_bytes", _mib, "Forward pass, peak memory (MiB)"),
             _table(sweep, "decode", prompt_lens, "ms_per_token", lambda v: f"{v:.2f}",
                    "Greedy decoding, ms per token after a prompt of T tokens"),
+            _table(sweep, "decode_static", prompt_lens, "ms_per_token", lambda v: f"{v:.2f}",
+                   'Greedy decoding with generate(cache_implementation="static"), ms per token'),
             _table(sweep, "decode", prompt_lens, "prefill_seconds", lambda v: f"{v:.3f}", "Prefill, seconds"),
             _table(sweep, "decode", prompt_lens, "peak_memory_bytes", _mib, "generate(), peak memory (MiB)"),
         ]
@@ -561,13 +577,17 @@ def markdown_report(results: dict) -> str:
             f"T={length}: {figures['vs_llama']:.2f}x Llama" if figures and figures["vs_llama"] else f"T={length}: -"
             for length, figures in ((n, entry[f"train_T{n}"]) for n in ISSUE3_SEQ_LENS)
         )
-        decode = "-"
-        if "decode_long_over_short" in entry:
-            decode = (f"{entry['decode_long_over_short']:.2f}x from a {ISSUE3_PROMPT_LENS[0]}- to a "
-                      f"{ISSUE3_PROMPT_LENS[1]}-token prompt")
-            if "llama_over_h3_ms_per_token_at_long_prompt" in entry:
-                decode += (f"; Llama / {model} per token at {ISSUE3_PROMPT_LENS[1]}: "
-                           f"{entry['llama_over_h3_ms_per_token_at_long_prompt']:.2f}x")
+        decodes = []
+        for prefix, label in (("", "dynamic cache"), ("static_", "static cache")):
+            if f"{prefix}decode_long_over_short" not in entry:
+                continue
+            text = (f"{label}: {entry[f'{prefix}decode_long_over_short']:.2f}x from a {ISSUE3_PROMPT_LENS[0]}- to a "
+                    f"{ISSUE3_PROMPT_LENS[1]}-token prompt")
+            if f"{prefix}llama_over_h3_ms_per_token_at_long_prompt" in entry:
+                text += (f", Llama / {model} per token at {ISSUE3_PROMPT_LENS[1]}: "
+                         f"{entry[f'{prefix}llama_over_h3_ms_per_token_at_long_prompt']:.2f}x")
+            decodes.append(text)
+        decode = "; ".join(decodes) or "-"
         per_token = entry["forward_peak_memory_bytes_per_token"]
         memory = ", ".join(f"T={n}: {v / 1024:.1f} KiB" for n, v in per_token.items())
         parts += [f"**{model} (issue 3)**: training tokens/s {train}. Decode ms/token {decode}. Forward peak memory "
@@ -610,6 +630,7 @@ def write_plots(results: dict, output_dir: Path) -> list[str]:
         ("train", "peak_memory_bytes", "training step peak memory (MiB)", "train_peak_memory.png"),
         ("forward", "peak_memory_bytes", "forward pass peak memory (MiB)", "forward_peak_memory.png"),
         ("decode", "ms_per_token", "ms per generated token", "decode_ms_per_token.png"),
+        ("decode_static", "ms_per_token", "ms per generated token, static KV cache", "decode_static_ms_per_token.png"),
         ("decode", "peak_memory_bytes", "generate() peak memory (MiB)", "generation_peak_memory.png"),
     ]
     written = []
@@ -624,7 +645,7 @@ def write_plots(results: dict, output_dir: Path) -> list[str]:
                 axes.plot(lengths, [v / scale for v in values], marker="o", label=model)
         axes.set_xscale("log", base=2)
         axes.set_yscale("log")
-        axes.set_xlabel("prompt length" if stage == "decode" else "sequence length T")
+        axes.set_xlabel("prompt length" if stage in DECODE_STAGES else "sequence length T")
         axes.set_ylabel(label)
         axes.set_title(f"{label} ({results['machine'].get('gpu') or results['machine'].get('cpu')})", fontsize=9)
         axes.grid(True, which="both", alpha=0.3)

@@ -205,6 +205,22 @@ def test_measurement_past_its_stage_budget_is_interrupted_and_recorded_as_timeou
     assert "stopped after" in records[0]["note"] and records[2] == {"stage": "done"}
 
 
+def test_write_plots_draws_each_measured_stage_and_skips_empty_ones(tmp_path):
+    def ok(stage, length, **figures):
+        return {"stage": stage, "length": length, "status": "ok", **figures}
+
+    results = {"machine": {"cpu": "test cpu"}, "sweep": {
+        "h3": [ok("train", 256, tokens_per_s=10.0, peak_memory_bytes=2**20), ok("train", 512, tokens_per_s=9.0,
+               peak_memory_bytes=2**21), {"stage": "train", "length": 1024, "status": "timeout", "note": "timeout"}],
+        "llama": [ok("train", 256, tokens_per_s=11.0, peak_memory_bytes=2**20),
+                  {"stage": "decode_static", "length": 128, "status": "unsupported", "note": "unsupported"}],
+    }}
+    written = speed.write_plots(results, tmp_path)
+    assert written == ["train_tokens_per_s.png", "train_peak_memory.png"]
+    for name in written:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_issue3_summary_compares_h3_with_llama_at_its_checkpoints():
     def ok(stage, length, **figures):
         return {"stage": stage, "length": length, "status": "ok", **figures}

@@ -635,14 +635,19 @@ def write_plots(results: dict, output_dir: Path) -> list[str]:
     ]
     written = []
     for stage, metric, label, filename in plots:
-        figure, axes = plt.subplots(figsize=(7, 4.5))
+        series = {}
         for model, records in results["sweep"].items():
             points = [(r["length"], r[metric]) for r in records
                       if r["stage"] == stage and r["status"] == "ok" and r.get(metric) is not None]
             if points:
-                lengths, values = zip(*points)
-                scale = 2**20 if metric == "peak_memory_bytes" else 1
-                axes.plot(lengths, [v / scale for v in values], marker="o", label=model)
+                series[model] = points
+        if not series:  # e.g. a stage that was not run
+            continue
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for model, points in series.items():
+            lengths, values = zip(*points)
+            scale = 2**20 if metric == "peak_memory_bytes" else 1
+            axes.plot(lengths, [v / scale for v in values], marker="o", label=model)
         axes.set_xscale("log", base=2)
         axes.set_yscale("log")
         axes.set_xlabel("prompt length" if stage in DECODE_STAGES else "sequence length T")

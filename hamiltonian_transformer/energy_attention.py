@@ -100,13 +100,17 @@ def augment_for_energy(
     pad = -(head_dim + 1) % 8
     penalty_column = (-penalty).to(query.dtype).view(1, -1, 1, 1).expand(*query.shape[:-1], 1)
     query_aug = F.pad(torch.cat([query * c, penalty_column], dim=-1), (0, pad))  # (b, h, t, d + 1 + pad)
-    key_aug = F.pad(torch.cat([key, key.square().sum(-1, keepdim=True)], dim=-1), (0, pad))  # (b, h, s, d + 1 + pad)
+    # One padded copy of the keys with |k|^2 written into it: at decoding the keys are the whole cache, so every
+    # extra full-size copy shows in the per-token time.
+    key_aug = F.pad(key, (0, 1 + pad))  # (b, h, s, d + 1 + pad)
+    key_aug[..., head_dim] = torch.einsum("...d,...d->...", key, key)  # |k|^2, faster than square().sum() on CPU
     return query_aug, key_aug
 
 
 def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs) -> torch.Tensor:
     """SDPA with the value zero-padded to the query width: the fused (flash) kernels need equal head dims and
-    otherwise fall back to the O(t s)-memory math kernel."""
+    otherwise fall back to the O(t s)-memory math kernel (slower even for one decoding query: it rescales a transposed
+    copy of every key)."""
     pad = query.shape[-1] - value.shape[-1]
     if pad <= 0:
         return F.scaled_dot_product_attention(query, key, value, **kwargs)

@@ -280,3 +280,8 @@ def test_listops_section_reports_not_run_without_the_finetune_script(monkeypatch
     args = quality.parse_args(["--quick", "--output_dir", str(tmp_path)])
     result = quality.listops_section(args, ["llama"], log=lambda message: None)
     assert result["status"] == "not run" and "absent_script.py" in result["reason"]
+
+
+def test_quality_figures_show_a_spread_only_with_several_seeds():
+    assert quality._figure({"accuracy": quality.summarize([0.5, 0.7])}, "accuracy", 3) == "0.600 ± 0.141 (n=2)"
+    assert quality._figure({"accuracy": quality.summarize([0.5])}, "accuracy", 3) == "0.500 (n=1)"

@@ -133,8 +133,8 @@ def evaluate_perplexity(model, blocks: torch.Tensor, batch_size: int) -> float:
 
 
 def summarize(values: list[float]) -> dict[str, object]:
-    """Mean, sample standard deviation (0 for one seed), range and count."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    """Mean, sample standard deviation (None for one seed: no spread is known), range and count."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
             "min": min(values), "max": max(values), "n": len(values), "values": values}
 
 
@@ -284,6 +284,8 @@ def _figure(entry: dict, metric: str, digits: int) -> str:
     if metric not in entry:
         return entry.get("status", "-")
     summary = entry[metric]
+    if summary["std"] is None:
+        return f"{summary['mean']:.{digits}f} (n=1)"
     return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f} (n={summary['n']})"
 
 

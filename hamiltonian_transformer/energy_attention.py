@@ -26,6 +26,7 @@ Masks are boolean, True where a query may attend to a key.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -325,13 +326,19 @@ class EnergyAttention(nn.Module):
         past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
         output_attentions: bool = False,
         output_energy: bool = False,
+        update_cache: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """hidden_states (b, t, D) -> (output (b, t, D), new (key, value) each (b, h, t, d), weights, mean energy).
 
         key_padding_mask (b, s) covers the past and the new tokens (s = past + t). The returned key/value hold only the
         new tokens (rotated keys), for the caller to put in its cache. `weights` are returned with output_attentions
         (eager literal path), the mean energy E_softmax[H] with output_energy.
+        Instead of `past_key_value`, a caller with a transformers Cache may pass `update_cache(new_key, new_value) ->
+        (all keys, all values)`: the cache stores the new tokens and hands back the whole history, which saves
+        concatenating a copy of it here (at decoding, a full copy of the cache per token).
         """
+        if past_key_value is not None and update_cache is not None:
+            raise ValueError("pass past_key_value or update_cache, not both")
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (b, h, t, d)
@@ -341,7 +348,9 @@ class EnergyAttention(nn.Module):
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         new_key_value = (key, value)
-        if past_key_value is not None:
+        if update_cache is not None:
+            key, value = update_cache(key, value)  # (b, h, s, d)
+        elif past_key_value is not None:
             key = torch.cat([past_key_value[0], key], dim=-2)  # (b, h, s, d)
             value = torch.cat([past_key_value[1], value], dim=-2)
 
@@ -350,7 +359,8 @@ class EnergyAttention(nn.Module):
         penalty = coefficients["penalty"] if self.uses_energy else None
         dropout_p = self.attention_dropout if self.training else 0.0
         window = self.attention_window
-        use_blocks = window is not None and past_key_value is None and length > 2 * window and not output_attentions
+        has_past = key.shape[-2] > length
+        use_blocks = window is not None and not has_past and length > 2 * window and not output_attentions
         mask = None if use_blocks else build_attention_mask(length, key.shape[-2], key_padding_mask, window, key.device)
 
         def attend(values: torch.Tensor, p: float) -> torch.Tensor:

@@ -105,17 +105,20 @@ class H3Block(GradientCheckpointingLayer):
         return hidden_states, weights
 
     def attend(self, x, position_embeddings, attention_mask, cache, past_length: int, output_attentions: bool):
-        past = None
-        if cache is not None and past_length > 0:
-            # A static layer holds max_cache_len slots; only the first past_length are filled.
-            layer = cache.layers[self.layer_idx]
-            past = (layer.keys[:, :, :past_length], layer.values[:, :, :past_length])
-        key_padding_mask = None if attention_mask is None else attention_mask.bool()
-        out, (key, value), weights, _ = self.mixer(
-            x, position_embeddings, key_padding_mask, past, output_attentions=output_attentions
-        )
+        update_cache = None
         if cache is not None:
-            cache.update(key, value, self.layer_idx)
+            filled = past_length + x.shape[1]
+
+            def update_cache(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                # The cache appends the new tokens and returns the history; a static layer returns all its
+                # max_cache_len slots, of which the first `filled` hold tokens.
+                keys, values = cache.update(key, value, self.layer_idx)
+                return keys[:, :, :filled], values[:, :, :filled]
+
+        key_padding_mask = None if attention_mask is None else attention_mask.bool()
+        out, _, weights, _ = self.mixer(
+            x, position_embeddings, key_padding_mask, output_attentions=output_attentions, update_cache=update_cache
+        )
         return out, weights
 
     def h3(self, x: torch.Tensor, attention_mask, cache: Cache | None, past_length: int) -> torch.Tensor:

@@ -124,3 +124,23 @@ def test_mean_energy_matches_literal_expectation():
     k = module.k_proj(x).view(1, 5, 2, 8).transpose(1, 2)
     h = 0.5 * q.square().sum(-1, keepdim=True) + 0.7 * k.square().sum(-1)[:, :, None] + 0.4 * q @ k.transpose(-1, -2)
     torch.testing.assert_close(energy, (weights * h).sum(-1).mean())
+
+
+def test_update_cache_callback_equals_past_key_value():
+    """A Cache-backed caller hands the history back through `update_cache`; the result is that of `past_key_value`."""
+    torch.manual_seed(0)
+    module = EnergyAttention(16, 2, energy_lambda=0.3, energy_gamma=0.4).double().eval()
+    prompt, new = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 1, 16, dtype=torch.float64)
+    _, past, _, _ = module(prompt)
+    expected, _, _, _ = module(new, past_key_value=past)
+    stored = []
+
+    def update_cache(key, value):
+        stored.append((key, value))
+        return torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
+
+    actual, new_key_value, _, _ = module(new, update_cache=update_cache)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+    assert stored[0][0].shape[-2] == 1 and new_key_value[0] is stored[0][0]
+    with pytest.raises(ValueError, match="past_key_value or update_cache"):
+        module(new, past_key_value=past, update_cache=update_cache)

@@ -20,6 +20,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH_DIR))
 
 import comparators  # noqa: E402
+import interleaved_train  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
 
@@ -285,3 +286,13 @@ def test_listops_section_reports_not_run_without_the_finetune_script(monkeypatch
 def test_quality_figures_show_a_spread_only_with_several_seeds():
     assert quality._figure({"accuracy": quality.summarize([0.5, 0.7])}, "accuracy", 3) == "0.600 ± 0.141 (n=2)"
     assert quality._figure({"accuracy": quality.summarize([0.5])}, "accuracy", 3) == "0.500 (n=1)"
+
+
+def test_interleaved_train_times_every_model_each_round_and_reports_ratios():
+    results = interleaved_train.main(["--models", "h3,llama", "--preset", "tiny", "--seq_len", "16", "--rounds", "2"])
+    for name in ("h3", "llama"):
+        figures = results["models"][name]
+        assert len(figures["step_seconds"]) == 2 and figures["tokens_per_s"] > 0
+    assert results["models"]["llama"]["vs_llama"] == 1.0
+    with pytest.raises(SystemExit):
+        interleaved_train.parse_args(["--rounds", "0"])

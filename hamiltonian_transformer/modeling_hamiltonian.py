@@ -11,6 +11,7 @@ E = attention evaluations per layer (one per force call of the integrator; each 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +56,9 @@ class LayerInputs:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     key_padding_mask: torch.Tensor | None
     past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Layers with a single attention evaluation hand their new keys straight to the cache and attend to what it
+    # returns (instead of `past`), which saves a copy of the whole history per token when decoding.
+    update_cache: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     output_attentions: bool = False
     output_energies: bool = False
     replay: DropoutReplay | None = None
@@ -109,9 +113,10 @@ class HamiltonianLayer(GradientCheckpointingLayer):
                 self.force_norm(q),
                 inputs.position_embeddings,
                 inputs.key_padding_mask,
-                inputs.past[slot] if inputs.past else None,
+                None if inputs.update_cache else inputs.past[slot] if inputs.past else None,
                 inputs.output_attentions,
                 inputs.output_energies,
+                update_cache=inputs.update_cache,
             )
             out = self.dropout(out)
         if inputs.replay is None:  # the reversible path keeps nothing but the final streams
@@ -274,8 +279,11 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
                 inputs.past = past
                 inputs.key_padding_mask = None if key_padding_mask is None else key_padding_mask[:, -(stored + length):]
                 inputs.new_key_values = {}
+                inputs.update_cache = None
+                if use_cache and layer.num_slots == 1 and config.attention_window is None:
+                    inputs.update_cache = partial(past_key_values.update, layer_idx=layer.layer_idx)
                 q, p = run_layer(layer, q, p)
-                if use_cache:
+                if use_cache and inputs.update_cache is None:
                     slots = [inputs.new_key_values[slot] for slot in range(layer.num_slots)]
                     past_key_values.update(
                         torch.cat([k for k, _ in slots], dim=1), torch.cat([v for _, v in slots], dim=1),

@@ -113,7 +113,7 @@ class HamiltonianLayer(GradientCheckpointingLayer):
                 self.force_norm(q),
                 inputs.position_embeddings,
                 inputs.key_padding_mask,
-                None if inputs.update_cache else inputs.past[slot] if inputs.past else None,
+                inputs.past[slot] if inputs.past else None,
                 inputs.output_attentions,
                 inputs.output_energies,
                 update_cache=inputs.update_cache,
@@ -276,12 +276,12 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
                     all_hidden_states.append(q)
                 past = _read_cache(past_key_values, layer.layer_idx, layer.num_slots)
                 stored = past[0][0].shape[-2] if past else 0
-                inputs.past = past
                 inputs.key_padding_mask = None if key_padding_mask is None else key_padding_mask[:, -(stored + length):]
                 inputs.new_key_values = {}
                 inputs.update_cache = None
                 if use_cache and layer.num_slots == 1 and config.attention_window is None:
                     inputs.update_cache = partial(past_key_values.update, layer_idx=layer.layer_idx)
+                inputs.past = None if inputs.update_cache else past
                 q, p = run_layer(layer, q, p)
                 if use_cache and inputs.update_cache is None:
                     slots = [inputs.new_key_values[slot] for slot in range(layer.num_slots)]

@@ -296,3 +296,14 @@ def test_interleaved_train_times_every_model_each_round_and_reports_ratios():
     assert results["models"]["llama"]["vs_llama"] == 1.0
     with pytest.raises(SystemExit):
         interleaved_train.parse_args(["--rounds", "0"])
+
+
+def test_int_list_argument_types_for_seeds_and_lengths():
+    import argparse
+
+    assert comparators.int_list()("2,0,1") == [2, 0, 1]
+    assert comparators.int_list(positive_sorted=True)("512,128") == [128, 512]
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integers"):
+        comparators.int_list(positive_sorted=True)("128,0")
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+        comparators.int_list()("1,x")

@@ -187,3 +187,21 @@ def choice_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
         return values
 
     return parse
+
+
+def int_list(positive_sorted: bool = False) -> Callable[[str], list[int]]:
+    """argparse type for comma-separated integers (seeds, widths); with ``positive_sorted`` (lengths) they must be
+    positive and come back in increasing order."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(part) for part in text.split(",") if part]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not positive_sorted:
+            return values
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        return sorted(values)
+
+    return parse

@@ -39,7 +39,7 @@ import datasets
 import torch
 import torch.nn.functional as F
 import transformers
-from comparators import MODEL_NAMES, ModelShape, build_model, choice_list, describe
+from comparators import MODEL_NAMES, ModelShape, build_model, choice_list, describe, int_list
 from measure import machine_info
 from transformers import get_cosine_schedule_with_warmup
 
@@ -345,13 +345,6 @@ def markdown_report(results: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _mqar_configs(text: str) -> list[tuple[int, int]]:
     """"64:4,128:8" -> [(64, 4), (128, 8)]."""
     try:
@@ -368,7 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", type=choice_list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--models", type=choice_list(MODEL_NAMES),
                         help="models of every section (default: each section's own list, see above)")
-    parser.add_argument("--seeds", type=_int_list, help="seeds of model init and training data (full: 0,1,2)")
+    parser.add_argument("--seeds", type=int_list(), help="seeds of model init and training data (full: 0,1,2)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight_decay", type=float, default=0.1)
     parser.add_argument("--batch_size", type=int, default=64)
@@ -377,7 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic_steps", type=int)
     parser.add_argument("--synthetic_width", type=int, default=32)
     parser.add_argument("--mqar_configs", type=_mqar_configs, help="LENGTH:PAIRS,... (full: 64:4,128:8,256:16)")
-    parser.add_argument("--mqar_widths", type=_int_list)
+    parser.add_argument("--mqar_widths", type=int_list())
     parser.add_argument("--mqar_steps", type=int)
     parser.add_argument("--lm_tokens", type=int, help="training tokens per model (the equal budget)")
     parser.add_argument("--lm_width", type=int)

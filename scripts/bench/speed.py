@@ -41,12 +41,12 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import torch
-from comparators import MODEL_NAMES, ModelShape, build_model, check_model_name, choice_list, describe
+from comparators import MODEL_NAMES, ModelShape, build_model, check_model_name, choice_list, describe, int_list
 from measure import (
     count_flops,
     cpu_peak_memory_supported,
@@ -301,27 +301,39 @@ def model_worker(task: dict, results: multiprocessing.Queue) -> None:
     results.put({"stage": "done"})
 
 
-def run_model(task: dict, log: Callable[[str], None]) -> list[dict]:
-    """Runs ``model_worker`` in a fresh process; sizes it never reported are marked timeout or crashed."""
+def _start_worker(target: Callable[[dict, multiprocessing.Queue], None], task: dict):
+    """Starts ``target(task, results)`` in a fresh (spawned) process; returns the process and its results queue."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    worker = context.Process(target=model_worker, args=(task, results), daemon=True)
+    worker = context.Process(target=target, args=(task, results), daemon=True)
     worker.start()
-    # The worker predicts and skips what would overrun; the hard limit only catches a single call that runs away.
-    hard_deadline = time.monotonic() + 1.5 * task["budget_s"] + 60
-    records, finished = [], False
-    while not finished and time.monotonic() < hard_deadline:
+    return worker, results
+
+
+def _worker_messages(worker, results, deadline: float) -> Iterator[dict]:
+    """The worker's messages as they arrive, until the deadline passes or the worker has died with none left."""
+    while time.monotonic() < deadline:
         try:
             message = results.get(timeout=1.0)
         except queue.Empty:
             if not worker.is_alive():
-                break
+                return
             continue
+        yield message
+
+
+def run_model(task: dict, log: Callable[[str], None]) -> list[dict]:
+    """Runs ``model_worker`` in a fresh process; sizes it never reported are marked timeout or crashed."""
+    worker, results = _start_worker(model_worker, task)
+    # The worker predicts and skips what would overrun; the hard limit only catches a single call that runs away.
+    hard_deadline = time.monotonic() + 1.5 * task["budget_s"] + 60
+    records, finished = [], False
+    for message in _worker_messages(worker, results, hard_deadline):
         if message["stage"] == "done":
             finished = True
-        else:
-            records.append(message)
-            log(f"  {task['model']} {message['stage']} {message['length']}: {_short(message)}")
+            break
+        records.append(message)
+        log(f"  {task['model']} {message['stage']} {message['length']}: {_short(message)}")
     if worker.is_alive() and not finished:
         worker.terminate()
         missing_status = ("timeout", f"timeout: killed after the hard limit of {1.5 * task['budget_s'] + 60:.0f} s")
@@ -416,19 +428,9 @@ def energy_worker(task: dict, results: multiprocessing.Queue) -> None:
 
 
 def run_energy(task: dict, log: Callable[[str], None]) -> list[dict]:
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    worker = context.Process(target=energy_worker, args=(task, results), daemon=True)
-    worker.start()
-    deadline = time.monotonic() + task["budget_s"]
+    worker, results = _start_worker(energy_worker, task)
     records = []
-    while time.monotonic() < deadline:
-        try:
-            message = results.get(timeout=1.0)
-        except queue.Empty:
-            if not worker.is_alive():
-                break
-            continue
+    for message in _worker_messages(worker, results, time.monotonic() + task["budget_s"]):
         if message["status"] == "done":
             break
         records.append(message)
@@ -665,16 +667,6 @@ def write_plots(results: dict, output_dir: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return sorted(values)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -685,9 +677,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measurements of the sweep (train reports MFU only after forward)")
     parser.add_argument("--models", type=choice_list(MODEL_NAMES), default=list(SPEED_MODELS))
     parser.add_argument("--preset", choices=("tiny", "small", "base"), help="model sizes (quick: tiny; full: small)")
-    parser.add_argument("--seq_lens", type=_int_list, help="training / forward lengths")
-    parser.add_argument("--prompt_lens", type=_int_list, help="prompt lengths before decoding")
-    parser.add_argument("--energy_seq_lens", type=_int_list, help="lengths of the energy-overhead section")
+    lengths = int_list(positive_sorted=True)
+    parser.add_argument("--seq_lens", type=lengths, help="training / forward lengths")
+    parser.add_argument("--prompt_lens", type=lengths, help="prompt lengths before decoding")
+    parser.add_argument("--energy_seq_lens", type=lengths, help="lengths of the energy-overhead section")
     parser.add_argument("--new_tokens", type=int, help="tokens generated after each prompt (at least 2)")
     parser.add_argument("--repeats", type=int, help="timed repetitions per measurement (median reported)")
     parser.add_argument("--budget_s", type=float, help="time budget per model (and for the energy section)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 
@@ -11,6 +12,11 @@ def check_choice(field: str, value: object, allowed: Iterable[object]) -> None:
         raise ValueError(f"`{field}`={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}.")
 
 
+def check_bool(field: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{field}`={value!r} must be True or False.")
+
+
 def check_int(field: str, value: object, minimum: int | None = None, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"`{field}`={value!r} must be an integer.")
@@ -18,11 +24,23 @@ def check_int(field: str, value: object, minimum: int | None = None, maximum: in
 
 
 def check_number(
-    field: str, value: object, minimum: float | None = None, maximum: float | None = None, strict: bool = False
+    field: str,
+    value: object,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+    allow_infinite: bool = False,
 ) -> None:
-    """minimum <= value <= maximum (strict: minimum < value)."""
+    """A finite number with minimum <= value <= maximum (strict: minimum < value).
+
+    nan is always refused (every comparison with it is False, so a range alone would let it through); +-inf only
+    where ``allow_infinite`` says the field gives infinity a meaning, and then still inside the range.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"`{field}`={value!r} must be a number.")
+    if math.isnan(value) or (math.isinf(value) and not allow_infinite):
+        allowed = "a number (inf allowed)" if allow_infinite else "a finite number"
+        raise ValueError(f"`{field}`={value!r} is not allowed; it must be {allowed}.")
     too_small = minimum is not None and (value <= minimum if strict else value < minimum)
     if too_small or (maximum is not None and value > maximum):
         low = "" if minimum is None else f"{'>' if strict else '>='} {minimum}"

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .config_checks import check_choice, check_divides, check_int, check_number
-from .energy_attention import ATTENTION_SCALES
+from .config_checks import check_bool, check_choice, check_divides, check_int, check_number
+from .energy_settings import EnergySettings
 from .presets import PresetMixin
 from .ssm import DISCRETIZATIONS, SSM_INITS
 
 
-class H3Config(PresetMixin, PreTrainedConfig):
+class H3Config(PresetMixin, EnergySettings, PreTrainedConfig):
     r"""
     Configuration of an [`H3Model`]: pre-norm blocks of (H3 mixer or attention) + MLP. The layers listed in
     `attn_layer_idx` are the family's attention (`EnergyAttention`, rotary positions, lambda = 0 by default, so plain
     causal attention; set `energy_lambda` > 0 to make them energy attention); all others are H3 layers.
+
+    Every field is checked when the config is built and again by `validate()`, which the models run when they are
+    built: a value changed afterwards (`config.attn_layer_idx = [7]` in a 2-layer model) is refused there with a
+    `ValueError` naming the field, its value and what is allowed. `validate()` also recomputes the derived field
+    `layer_types` from `attn_layer_idx` and `num_hidden_layers`, so changing `attn_layer_idx` of a built config moves
+    the attention layers (set it, not `layer_types`).
 
     Args:
         vocab_size (`int`): Number of tokens in the vocabulary.
@@ -41,10 +47,13 @@ class H3Config(PresetMixin, PreTrainedConfig):
         dt_min, dt_max (`float`): Range of the log-uniform init of the SSM step dt.
         ssm_learning_rate (`float` or `None`): Learning rate of the SSM parameters (None: min(1e-3, lr)).
         energy_lambda, energy_alpha, energy_beta, energy_gamma, learnable_energy, attention_scale,
-        attention_scale_length: the attention layers' energy settings (see `HamiltonianTransformerConfig`).
+        attention_scale_length: the attention layers' energy settings (see `EnergySettings`; lambda defaults to 0
+            here). Their head size is hidden_size / num_attention_heads.
         tie_word_embeddings (`bool`): Share the input embedding and the LM head.
         use_cache (`bool`): Return the recurrent/KV cache by default.
         pad_token_id, bos_token_id, eos_token_id (`int` or `None`): Special token ids.
+        layer_types, number_of_conv_states: derived (the cache layers `DynamicCache(config=...)` builds); not to be
+            set.
     """
 
     model_type = "h3"
@@ -75,12 +84,6 @@ class H3Config(PresetMixin, PreTrainedConfig):
     dt_max: float = 1e-1
     ssm_learning_rate: float | None = None
     energy_lambda: float = 0.0
-    energy_alpha: float = 1.0
-    energy_beta: float = 1.0
-    energy_gamma: float = 0.5
-    learnable_energy: bool = False
-    attention_scale: str = "standard"
-    attention_scale_length: int = 512
     tie_word_embeddings: bool = True
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -96,20 +99,27 @@ class H3Config(PresetMixin, PreTrainedConfig):
             self.intermediate_size = self.mlp_ratio * self.hidden_size
         if self.shift_kernel_size is None:
             self.shift_kernel_size = self.d_state
-        self.validate_h3()
-        # Derived: DynamicCache(config=...) builds a linear-attention cache layer for each H3 layer (conv state 0: the
-        # shift buffer, recurrent state 0: the SSM state, conv state 1: the count of tokens seen) and a KV layer for
-        # each attention layer.
-        self.layer_types = [
-            "full_attention" if i in self.attn_layer_idx else "linear_attention" for i in range(self.num_hidden_layers)
-        ]
-        self.number_of_conv_states = 2
+        self._check_and_derive()
         super().__post_init__(**kwargs)
 
-    def validate_h3(self) -> None:
+    def validate(self) -> None:
+        """Check every field, recompute the derived ones, then run transformers' own config checks.
+
+        Raises a `ValueError` naming the field, its value and what is allowed. Idempotent and cheap (no tensors):
+        construction runs the same checks, and the models run this when they are built, so a field changed after
+        construction cannot build a broken model.
+        """
+        self._check_and_derive()
+        super().validate()
+
+    @property
+    def attention_head_dim(self) -> int:
+        """Head size of the attention layers (`head_dim` is the H3 layers' head size)."""
+        return self.hidden_size // self.num_attention_heads
+
+    def _check_and_derive(self) -> None:
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                      "max_position_embeddings", "d_state", "shift_kernel_size", "head_dim", "mlp_ratio",
-                      "attention_scale_length"):
+                      "max_position_embeddings", "d_state", "shift_kernel_size", "head_dim", "mlp_ratio"):
             check_int(field, getattr(self, field), minimum=1)
         if self.d_state % 2:
             raise ValueError(f"`d_state`={self.d_state} must be even (d_state / 2 complex modes).")
@@ -123,16 +133,28 @@ class H3Config(PresetMixin, PreTrainedConfig):
             raise ValueError(f"`attn_layer_idx`={self.attn_layer_idx} lists a layer twice.")
         if self.attn_layer_idx:
             check_divides("hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
-            if (self.hidden_size // self.num_attention_heads) % 2:
-                raise ValueError("hidden_size / num_attention_heads must be even (rotary positions).")
+            if self.attention_head_dim % 2:
+                raise ValueError(f"hidden_size / num_attention_heads = {self.attention_head_dim} must be even "
+                                 "(rotary positions in the attention layers).")
         check_choice("ssm_init", self.ssm_init, SSM_INITS)
         check_choice("discretization", self.discretization, DISCRETIZATIONS)
-        check_choice("attention_scale", self.attention_scale, ATTENTION_SCALES)
         check_number("dt_min", self.dt_min, minimum=0.0, strict=True)
         check_number("dt_max", self.dt_max, minimum=self.dt_min)
         if self.ssm_learning_rate is not None:
             check_number("ssm_learning_rate", self.ssm_learning_rate, minimum=0.0, strict=True)
+        check_number("rope_theta", self.rope_theta, minimum=0.0, strict=True)
         for field in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
             check_number(field, getattr(self, field), minimum=0.0, maximum=1.0)
-        check_number("energy_lambda", self.energy_lambda, minimum=0.0)
+        check_number("initializer_range", self.initializer_range, minimum=0.0)
         check_number("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict=True)
+        for field in ("tie_word_embeddings", "use_cache"):
+            check_bool(field, getattr(self, field))
+        # The energy bound depends on the attention layers' head size; without attention layers it does not apply.
+        self.check_energy_settings(self.attention_head_dim if self.attn_layer_idx else None)
+        # Derived: DynamicCache(config=...) builds a linear-attention cache layer for each H3 layer (conv state 0: the
+        # shift buffer, recurrent state 0: the SSM state, conv state 1: the count of tokens seen) and a KV layer for
+        # each attention layer.
+        self.layer_types = [
+            "full_attention" if i in self.attn_layer_idx else "linear_attention" for i in range(self.num_hidden_layers)
+        ]
+        self.number_of_conv_states = 2

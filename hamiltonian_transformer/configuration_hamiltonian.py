@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-import math
-
 from transformers import PreTrainedConfig
 
-from .config_checks import check_choice, check_divides, check_int, check_number
-from .energy_attention import ATTENTION_SCALES
+from .config_checks import check_bool, check_choice, check_divides, check_int, check_number
+from .energy_settings import EnergySettings
 from .integrators import INTEGRATORS
 from .presets import PresetMixin
 
 INITIAL_MOMENTA = ("zero", "learned")
 
 
-class HamiltonianTransformerConfig(PresetMixin, PreTrainedConfig):
+class HamiltonianTransformerConfig(PresetMixin, EnergySettings, PreTrainedConfig):
     r"""
     Configuration of a [`HamiltonianTransformerModel`]: energy-penalised attention inside a two-stream (q, p)
     symplectic integrator. Positions are rotary (RoPE): rotations keep `|k|`, so the energy term is unchanged by them.
     `max_position_embeddings` is enforced: longer inputs raise a `ValueError`.
+
+    Every field is checked when the config is built and again by `validate()`, which the models run when they are
+    built: a value changed afterwards (`config.evolution_steps = 0`) is refused there with a `ValueError` naming the
+    field, its value and what is allowed. `validate()` also recomputes the derived fields `layer_types` and
+    `sliding_window` from `attention_window` and `num_hidden_layers` (so set those, not the derived fields).
 
     Args:
         vocab_size (`int`): Number of tokens in the vocabulary.
@@ -35,14 +38,8 @@ class HamiltonianTransformerConfig(PresetMixin, PreTrainedConfig):
         attention_dropout (`float`): Dropout on the attention weights.
         attention_bias (`bool`): Bias in the q/k/v/o projections.
         mlp_bias (`bool`): Bias in the MLP.
-        energy_lambda (`float`): lambda, weight of the energy H in the logits (0 gives plain attention).
-        energy_alpha (`float`): alpha, weight of |q|^2 in H (cancels in the softmax; shows in the energy diagnostic).
-        energy_beta (`float`): beta, weight of |k|^2 in H.
-        energy_gamma (`float`): gamma, weight of <q, k> in H. Fixed coefficients need lambda*gamma < 1/sqrt(head_dim).
-        learnable_energy (`bool`): Learn lambda, beta and c = 1/sqrt(d) - lambda*gamma per head (c kept in
-            (0, 2/sqrt(d)) by a sigmoid, lambda > 0 by a softplus); alpha stays fixed (it cannot affect the output).
-        attention_scale (`str`): "standard" or "entropy_invariant" (row logits times max(1, log n_i / log L)).
-        attention_scale_length (`int`): L of the entropy-invariant scale.
+        energy_lambda, energy_alpha, energy_beta, energy_gamma, learnable_energy, attention_scale,
+        attention_scale_length: the energy settings of the attention (see `EnergySettings`; lambda defaults to 0.1).
         attention_window (`int` or `None`): Sliding-window attention over the last `attention_window` tokens
             (O(T * window) time and memory); None for full causal attention.
         integrator (`str`): "euler" (literal, not invertible), "symplectic_euler" or "leapfrog".
@@ -54,6 +51,7 @@ class HamiltonianTransformerConfig(PresetMixin, PreTrainedConfig):
         tie_word_embeddings (`bool`): Share the input embedding and the LM head.
         use_cache (`bool`): Return the KV cache by default.
         pad_token_id, bos_token_id, eos_token_id (`int` or `None`): Special token ids.
+        layer_types, sliding_window: derived (the cache layers `DynamicCache(config=...)` builds); not to be set.
     """
 
     model_type = "hamiltonian_transformer"
@@ -73,13 +71,6 @@ class HamiltonianTransformerConfig(PresetMixin, PreTrainedConfig):
     attention_dropout: float = 0.0
     attention_bias: bool = False
     mlp_bias: bool = True
-    energy_lambda: float = 0.1
-    energy_alpha: float = 1.0
-    energy_beta: float = 1.0
-    energy_gamma: float = 0.5
-    learnable_energy: bool = False
-    attention_scale: str = "standard"
-    attention_scale_length: int = 512
     attention_window: int | None = None
     integrator: str = "symplectic_euler"
     evolution_steps: int = 1
@@ -96,12 +87,18 @@ class HamiltonianTransformerConfig(PresetMixin, PreTrainedConfig):
     sliding_window: int | None = None
 
     def __post_init__(self, **kwargs):
-        self.validate_hamiltonian()
-        # Derived: the cache layers transformers builds from `DynamicCache(config=...)`.
-        self.sliding_window = self.attention_window
-        kind = "full_attention" if self.attention_window is None else "sliding_attention"
-        self.layer_types = [kind] * self.num_hidden_layers
+        self._check_and_derive()
         super().__post_init__(**kwargs)
+
+    def validate(self) -> None:
+        """Check every field, recompute the derived ones, then run transformers' own config checks.
+
+        Raises a `ValueError` naming the field, its value and what is allowed. Idempotent and cheap (no tensors):
+        construction runs the same checks, and the models run this when they are built, so a field changed after
+        construction cannot build a broken model.
+        """
+        self._check_and_derive()
+        super().validate()
 
     @property
     def head_dim(self) -> int:
@@ -110,21 +107,24 @@ class HamiltonianTransformerConfig(PresetMixin, PreTrainedConfig):
     @property
     def force_evaluations_per_layer(self) -> int:
         """Attention calls per layer (each with its own KV-cache slot)."""
+        check_choice("integrator", self.integrator, INTEGRATORS)
         return INTEGRATORS[self.integrator][2] * self.evolution_steps
 
-    def validate_hamiltonian(self) -> None:
+    def _check_and_derive(self) -> None:
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                      "max_position_embeddings", "attention_scale_length"):
+                      "max_position_embeddings"):
             check_int(field, getattr(self, field), minimum=1)
         check_divides("hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
         if self.head_dim % 2:
             raise ValueError(f"head_dim = hidden_size / num_attention_heads = {self.head_dim} must be even (RoPE).")
         check_choice("integrator", self.integrator, INTEGRATORS)
-        check_choice("attention_scale", self.attention_scale, ATTENTION_SCALES)
         check_choice("initial_momentum", self.initial_momentum, INITIAL_MOMENTA)
         check_int("evolution_steps", self.evolution_steps, minimum=1, maximum=5)
         if self.attention_window is not None:
             check_int("attention_window", self.attention_window, minimum=1)
+        for field in ("attention_bias", "mlp_bias", "learnable_step_size", "reversible", "tie_word_embeddings",
+                      "use_cache"):
+            check_bool(field, getattr(self, field))
         if self.reversible and INTEGRATORS[self.integrator][1] is None:
             invertible = [name for name, (_, inverse, _) in INTEGRATORS.items() if inverse is not None]
             raise ValueError(
@@ -132,26 +132,13 @@ class HamiltonianTransformerConfig(PresetMixin, PreTrainedConfig):
                 f"use one of {invertible}."
             )
         check_number("step_size", self.step_size, minimum=0.0, strict=True)
+        check_number("rope_theta", self.rope_theta, minimum=0.0, strict=True)
         for field in ("hidden_dropout", "attention_dropout"):
             check_number(field, getattr(self, field), minimum=0.0, maximum=1.0)
         check_number("initializer_range", self.initializer_range, minimum=0.0)
         check_number("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict=True)
-        for field in ("energy_lambda", "energy_alpha", "energy_beta", "energy_gamma"):
-            check_number(field, getattr(self, field))
-        check_number("energy_lambda", self.energy_lambda, minimum=0.0)
-        inv_sqrt_d = 1.0 / math.sqrt(self.head_dim)
-        product = self.energy_lambda * self.energy_gamma
-        if self.learnable_energy:
-            if self.energy_lambda <= 0:
-                raise ValueError(f"`energy_lambda`={self.energy_lambda} must be > 0 when `learnable_energy=True`.")
-            if not -inv_sqrt_d < product < inv_sqrt_d:
-                raise ValueError(
-                    f"energy_lambda * energy_gamma = {product:g} must lie in (-{inv_sqrt_d:.4g}, {inv_sqrt_d:.4g}) "
-                    f"(+-1/sqrt(head_dim), head_dim={self.head_dim}) for learnable energy coefficients."
-                )
-        elif product >= inv_sqrt_d:
-            raise ValueError(
-                f"energy_lambda * energy_gamma = {product:g} must be < 1/sqrt(head_dim) = {inv_sqrt_d:.4g} "
-                f"(head_dim={self.head_dim}), so that the dot-product coefficient c = 1/sqrt(d) - lambda*gamma stays "
-                "positive; lower `energy_gamma` or `energy_lambda`."
-            )
+        self.check_energy_settings(self.head_dim)
+        # Derived: the cache layers transformers builds from `DynamicCache(config=...)`.
+        self.sliding_window = self.attention_window
+        kind = "full_attention" if self.attention_window is None else "sliding_attention"
+        self.layer_types = [kind] * self.num_hidden_layers

@@ -36,6 +36,11 @@ from transformers import initialization as init
 from .layers import apply_rotary
 
 ATTENTION_SCALES = ("standard", "entropy_invariant")
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+
+CacheUpdate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(new keys, new values) (b, h, t, w) -> (all keys, all values) (b, h, s, w): a transformers `Cache.update` bound to
+one attention (its layer index)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -85,60 +90,61 @@ def entropy_invariant_scale(key_counts: torch.Tensor, base_length: int) -> torch
     return torch.clamp(torch.log(key_counts) / math.log(base_length), min=1.0)
 
 
-def augment_for_energy(
-    query: torch.Tensor, key: torch.Tensor, c: torch.Tensor | float, penalty: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold the energy term into the vectors: q~ = [c q, -penalty, 0..], k~ = [k, |k|^2, 0..] (scale 1 afterwards).
+def cache_width(head_dim: int, uses_energy: bool) -> int:
+    """Head width of the keys and values as the attention stores them: d, or d + 1 (the |k|^2 column) rounded up to a
+    multiple of 8 for the fused SDPA kernels when the energy term is on."""
+    return head_dim + 1 + (-(head_dim + 1) % 8) if uses_energy else head_dim
 
-    query (b, h, t, d), key (b, h, s, d); c and penalty = lambda * beta are per head (h,) or scalars.
-    With `penalty=None` (lambda = 0) only the scale is folded in: q~ = c q, k~ = k.
-    """
+
+def augment_keys(key: torch.Tensor, width: int) -> torch.Tensor:
+    """k~ = [k, |k|^2, 0..] of `width` columns (or k itself when width == d). key (b, h, s, d) -> (b, h, s, width).
+
+    Keys are cached in this form, so decoding augments only the new token's key, never the whole history."""
+    head_dim = key.shape[-1]
+    if width == head_dim:
+        return key
+    key_aug = F.pad(key, (0, width - head_dim))
+    key_aug[..., head_dim] = torch.einsum("...d,...d->...", key, key)  # |k|^2, faster than square().sum() on CPU
+    return key_aug
+
+
+def pad_values(value: torch.Tensor, width: int) -> torch.Tensor:
+    """value (b, h, s, e) zero-padded to `width` columns: the fused (flash) SDPA kernels need equal head dims and
+    otherwise fall back to the O(t s)-memory math kernel (slower even for one decoding query)."""
+    return value if value.shape[-1] == width else F.pad(value, (0, width - value.shape[-1]))
+
+
+def augment_queries(query: torch.Tensor, c: torch.Tensor | float, penalty: torch.Tensor | None, width: int):
+    """q~ = [c q, -penalty, 0..] of `width` columns, so that <q~, k~> = c <q, k> - penalty |k|^2 (scale 1 afterwards).
+
+    query (b, h, t, d); c and penalty = lambda * beta are per head (h,) or scalars. With `penalty=None` (lambda = 0)
+    only the scale is folded in: q~ = c q."""
     if isinstance(c, torch.Tensor):
         c = c.to(query.dtype).view(1, -1, 1, 1)
     if penalty is None:
-        return query * c, key
-    head_dim = query.shape[-1]
-    pad = -(head_dim + 1) % 8
+        return query * c
     penalty_column = (-penalty).to(query.dtype).view(1, -1, 1, 1).expand(*query.shape[:-1], 1)
-    query_aug = F.pad(torch.cat([query * c, penalty_column], dim=-1), (0, pad))  # (b, h, t, d + 1 + pad)
-    # One padded copy of the keys with |k|^2 written into it: at decoding the keys are the whole cache, so every
-    # extra full-size copy shows in the per-token time.
-    key_aug = F.pad(key, (0, 1 + pad))  # (b, h, s, d + 1 + pad)
-    key_aug[..., head_dim] = torch.einsum("...d,...d->...", key, key)  # |k|^2, faster than square().sum() on CPU
-    return query_aug, key_aug
-
-
-def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs) -> torch.Tensor:
-    """SDPA with the value zero-padded to the query width: the fused (flash) kernels need equal head dims and
-    otherwise fall back to the O(t s)-memory math kernel (slower even for one decoding query: it rescales a transposed
-    copy of every key)."""
-    pad = query.shape[-1] - value.shape[-1]
-    if pad <= 0:
-        return F.scaled_dot_product_attention(query, key, value, **kwargs)
-    return F.scaled_dot_product_attention(query, key, F.pad(value, (0, pad)), **kwargs)[..., :-pad]
+    return F.pad(torch.cat([query * c, penalty_column], dim=-1), (0, width - query.shape[-1] - 1))
 
 
 def energy_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
+    query_aug: torch.Tensor,
+    key_aug: torch.Tensor,
     value: torch.Tensor,
-    c: torch.Tensor | float,
-    penalty: torch.Tensor | None,
     mask: torch.Tensor | None = None,
     entropy_base_length: int | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Causal energy attention through SDPA. query (b, h, t, d), key (b, h, s, d), value (b, h, s, e) -> (b, h, t, e).
+    """Causal energy attention through SDPA on augmented vectors (`augment_queries`, `augment_keys`, `pad_values`).
 
-    `mask` comes from `build_attention_mask` (None: plain causal). `entropy_base_length` switches on the
-    entropy-invariant row scale.
+    query_aug (b, h, t, w), key_aug (b, h, s, w), value (b, h, s, w) -> (b, h, t, w). `mask` comes from
+    `build_attention_mask` (None: plain causal). `entropy_base_length` switches on the entropy-invariant row scale.
     """
-    query_length, key_length = query.shape[-2], key.shape[-2]
-    query_aug, key_aug = augment_for_energy(query, key, c, penalty)
+    query_length, key_length = query_aug.shape[-2], key_aug.shape[-2]
     if entropy_base_length is not None:
-        counts = visible_key_counts(mask, query_length, key_length, query.device)
-        query_aug = query_aug * entropy_invariant_scale(counts, entropy_base_length).to(query.dtype)
-    return _sdpa(
+        counts = visible_key_counts(mask, query_length, key_length, query_aug.device)
+        query_aug = query_aug * entropy_invariant_scale(counts, entropy_base_length).to(query_aug.dtype)
+    return F.scaled_dot_product_attention(
         query_aug,
         key_aug,
         value,
@@ -150,11 +156,9 @@ def energy_attention(
 
 
 def windowed_energy_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
+    query_aug: torch.Tensor,
+    key_aug: torch.Tensor,
     value: torch.Tensor,
-    c: torch.Tensor | float,
-    penalty: torch.Tensor | None,
     window: int,
     key_padding_mask: torch.Tensor | None = None,
     entropy_base_length: int | None = None,
@@ -163,13 +167,12 @@ def windowed_energy_attention(
     """Sliding-window causal energy attention in O(t * window) time and memory (no past keys: t == s).
 
     Queries are cut into blocks of `window`; block j attends to key blocks j-1 and j (2 * window keys), which hold
-    every key within the window. query, key (b, h, t, d), value (b, h, t, e), key_padding_mask (b, t) -> (b, h, t, e).
+    every key within the window. Augmented query_aug, key_aug, value (b, h, t, w), key_padding_mask (b, t)
+    -> (b, h, t, w).
     """
-    batch, heads, length, _ = query.shape
+    batch, heads, length, width = query_aug.shape
     num_blocks = -(-length // window)
     tail = num_blocks * window - length
-    query_aug, key_aug = augment_for_energy(query, key, c, penalty)
-    width = query_aug.shape[-1]
 
     # 1. blocks: queries (b, h, n, w, D'); keys/values with one leading block of zeros, unfolded to (b, h, n, 2w, .)
     query_blocks = F.pad(query_aug, (0, 0, 0, tail)).view(batch, heads, num_blocks, window, width)
@@ -177,11 +180,11 @@ def windowed_energy_attention(
     value_blocks = F.pad(value, (0, 0, window, tail)).unfold(2, 2 * window, window).transpose(-1, -2)
 
     # 2. mask per block: query at j*w + i sees key at (j-1)*w + k iff 0 <= q - k < window and the key is real
-    query_positions = torch.arange(num_blocks * window, device=query.device).view(num_blocks, window, 1)
+    query_positions = torch.arange(num_blocks * window, device=query_aug.device).view(num_blocks, window, 1)
     key_positions = (
-        torch.arange(num_blocks, device=query.device).view(num_blocks, 1, 1) * window
+        torch.arange(num_blocks, device=query_aug.device).view(num_blocks, 1, 1) * window
         - window
-        + torch.arange(2 * window, device=query.device).view(1, 1, 2 * window)
+        + torch.arange(2 * window, device=query_aug.device).view(1, 1, 2 * window)
     )
     relative = query_positions - key_positions  # (n, w, 2w)
     mask = (relative >= 0) & (relative < window) & (key_positions >= 0) & (key_positions < length)
@@ -193,8 +196,10 @@ def windowed_energy_attention(
 
     if entropy_base_length is not None:
         counts = mask.sum(dim=-1, keepdim=True).float()
-        query_blocks = query_blocks * entropy_invariant_scale(counts, entropy_base_length).to(query.dtype)
-    out = _sdpa(query_blocks, key_blocks, value_blocks, attn_mask=mask, dropout_p=dropout_p, scale=1.0)  # (b,h,n,w,e)
+        query_blocks = query_blocks * entropy_invariant_scale(counts, entropy_base_length).to(query_aug.dtype)
+    out = F.scaled_dot_product_attention(
+        query_blocks, key_blocks, value_blocks, attn_mask=mask, dropout_p=dropout_p, scale=1.0
+    )  # (b, h, n, w, e)
     return out.reshape(batch, heads, num_blocks * window, -1)[:, :, :length]
 
 
@@ -243,7 +248,10 @@ class EnergyAttention(nn.Module):
     """Multi-head energy-penalised attention with rotary positions, padding masks, a sliding window and a KV cache.
 
     With `energy_lambda=0` (and fixed coefficients) it is ordinary causal attention; the H3 hybrid layers use it so.
-    The module holds no state between calls: past keys/values come in as arguments and the new ones go out.
+    The module holds no state between calls: a caller with a cache passes `cache_update` (its `Cache.update` for this
+    attention), which stores the new keys and values and returns the history. The cache holds the keys augmented with
+    their |k|^2 column and the values zero-padded to the same width (`cache_width`: head_dim + 1 rounded up to a
+    multiple of 8 with the energy term on, head_dim without it), so decoding augments and pads only the new token.
     """
 
     def __init__(
@@ -269,6 +277,7 @@ class EnergyAttention(nn.Module):
         self.entropy_base_length = attention_scale_length if attention_scale == "entropy_invariant" else None
         self.learnable_energy = learnable_energy
         self.uses_energy = learnable_energy or energy_lambda != 0.0
+        self.cache_width = cache_width(self.head_dim, self.uses_energy)
         self.init_values = (energy_lambda, energy_alpha, energy_beta, energy_gamma)
 
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
@@ -322,23 +331,22 @@ class EnergyAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        key_padding_mask: torch.Tensor | None = None,
-        past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache_update: CacheUpdate | None = None,
+        attn_implementation: str = "sdpa",
         output_attentions: bool = False,
         output_energy: bool = False,
-        update_cache: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-        """hidden_states (b, t, D) -> (output (b, t, D), new (key, value) each (b, h, t, d), weights, mean energy).
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """hidden_states (b, t, D) -> (output (b, t, D), attention weights or None, mean energy or None).
 
-        key_padding_mask (b, s) covers the past and the new tokens (s = past + t). The returned key/value hold only the
-        new tokens (rotated keys), for the caller to put in its cache. `weights` are returned with output_attentions
-        (eager literal path), the mean energy E_softmax[H] with output_energy.
-        Instead of `past_key_value`, a caller with a transformers Cache may pass `update_cache(new_key, new_value) ->
-        (all keys, all values)`: the cache stores the new tokens and hands back the whole history, which saves
-        concatenating a copy of it here (at decoding, a full copy of the cache per token).
+        attention_mask (b, s): True/1 for real tokens, covering the cached and the new tokens (None: all real).
+        cache_update(new_keys, new_values) -> (all keys, all values): stores this call's keys and values, in the cached
+        form of `augment_keys` / `pad_values` (b, h, t, w), and returns the history they belong to (b, h, s, w) (a
+        transformers `Cache.update` bound to a layer). None: attend to this call's tokens only.
+        attn_implementation: "eager" runs the literal T x T formula (`energy_attention_ref`), "sdpa" the reduction
+        through `scaled_dot_product_attention`; `output_attentions=True` always takes the literal path, which has the
+        weights. `output_energy=True` also returns the mean energy E_softmax[H] over real queries and heads.
         """
-        if past_key_value is not None and update_cache is not None:
-            raise ValueError("pass past_key_value or update_cache, not both")
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (b, h, t, d)
@@ -347,61 +355,72 @@ class EnergyAttention(nn.Module):
         if position_embeddings is not None:
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
-        new_key_value = (key, value)
-        if update_cache is not None:
-            key, value = update_cache(key, value)  # (b, h, s, d)
-        elif past_key_value is not None:
-            key = torch.cat([past_key_value[0], key], dim=-2)  # (b, h, s, d)
-            value = torch.cat([past_key_value[1], value], dim=-2)
 
+        # 1. keys and values in their cached form; the cache hands back the whole history (b, h, s, w)
+        key, value = augment_keys(key, self.cache_width), pad_values(value, self.cache_width)
+        if cache_update is not None:
+            key, value = cache_update(key, value)
+        key_length = key.shape[-2]
+        key_padding_mask = None if attention_mask is None else attention_mask[:, -key_length:].bool()
+
+        # 2. attention: the literal formula (eager) or SDPA on the augmented vectors, blocked for long windowed inputs
         coefficients = self.coefficients()
-        c = coefficients["c"] if self.uses_energy else 1.0 / math.sqrt(self.head_dim)
-        penalty = coefficients["penalty"] if self.uses_energy else None
         dropout_p = self.attention_dropout if self.training else 0.0
         window = self.attention_window
-        has_past = key.shape[-2] > length
-        use_blocks = window is not None and not has_past and length > 2 * window and not output_attentions
-        mask = None if use_blocks else build_attention_mask(length, key.shape[-2], key_padding_mask, window, key.device)
-
-        def attend(values: torch.Tensor, p: float) -> torch.Tensor:
-            if use_blocks:
-                return windowed_energy_attention(
-                    query, key, values, c, penalty, window, key_padding_mask, self.entropy_base_length, p
-                )
-            return energy_attention(query, key, values, c, penalty, mask, self.entropy_base_length, p)
-
+        eager = output_attentions or attn_implementation == "eager"
+        use_blocks = not eager and window is not None and key_length == length and length > 2 * window
+        mask = None if use_blocks else build_attention_mask(length, key_length, key_padding_mask, window, key.device)
+        if eager and mask is None:  # the literal path needs the causal mask spelled out
+            real = torch.ones(batch, key_length, dtype=torch.bool, device=key.device)
+            mask = build_attention_mask(length, key_length, real, window, key.device)
         weights = None
-        if output_attentions:
-            if mask is None:  # the literal path needs the causal mask spelled out
-                mask = build_attention_mask(length, key.shape[-2], torch.ones_like(key[:, 0, :, 0]), window)
+        if eager:
             out, weights = energy_attention_ref(
-                query, key, value, coefficients["lam"], coefficients["alpha"], coefficients["beta"],
-                coefficients["gamma"], mask, self.entropy_base_length, dropout_p,
+                query, key[..., : self.head_dim], value[..., : self.head_dim], coefficients["lam"],
+                coefficients["alpha"], coefficients["beta"], coefficients["gamma"], mask, self.entropy_base_length,
+                dropout_p,
             )
+
+            def attend(values: torch.Tensor) -> torch.Tensor:
+                return weights @ values
         else:
-            out = attend(value, dropout_p)
+            c = coefficients["c"] if self.uses_energy else 1.0 / math.sqrt(self.head_dim)
+            penalty = coefficients["penalty"] if self.uses_energy else None
+            query_aug = augment_queries(query, c, penalty, self.cache_width)
+
+            def attend(values: torch.Tensor, p: float = 0.0) -> torch.Tensor:
+                if use_blocks:
+                    return windowed_energy_attention(
+                        query_aug, key, values, window, key_padding_mask, self.entropy_base_length, p
+                    )
+                return energy_attention(query_aug, key, values, mask, self.entropy_base_length, p)
+
+            out = attend(value, dropout_p)[..., : self.head_dim]
 
         energy = None
         if output_energy:
             energy = self.mean_energy(query, key, coefficients, attend, key_padding_mask, length)
         out = out.transpose(1, 2).reshape(batch, length, -1)  # (b, t, D)
-        return self.o_proj(out), new_key_value, weights, energy
+        return self.o_proj(out), weights, energy
 
     def mean_energy(self, query, key, coefficients, attend, key_padding_mask, length) -> torch.Tensor:
         """Mean over real queries and heads of E_{j ~ softmax_i}[H(q_i, k_j)], from one extra attention pass whose
-        values are [k_j, |k_j|^2]: E[H] = alpha |q|^2 + beta E[|k|^2] + gamma <q, E[k]>."""
-        moments = attend(torch.cat([key, key.square().sum(-1, keepdim=True)], dim=-1), 0.0)  # (b, h, t, d + 1)
+        values are [k_j, |k_j|^2] (the cached keys themselves when the energy term is on):
+        E[H] = alpha |q|^2 + beta E[|k|^2] + gamma <q, E[k]>."""
+        d = self.head_dim
+        if not self.uses_energy:
+            key = torch.cat([key, key.square().sum(-1, keepdim=True)], dim=-1)
+        moments = attend(key)  # (b, h, t, >= d + 1)
 
         def per_head(x: torch.Tensor) -> torch.Tensor:
             return x.to(query.dtype).view(1, -1, 1)
 
         energy = (
             per_head(coefficients["alpha"]) * query.square().sum(-1)
-            + per_head(coefficients["beta"]) * moments[..., -1]
-            + per_head(coefficients["gamma"]) * (query * moments[..., :-1]).sum(-1)
+            + per_head(coefficients["beta"]) * moments[..., d]
+            + per_head(coefficients["gamma"]) * (query * moments[..., :d]).sum(-1)
         )  # (b, h, t)
         if key_padding_mask is None:
             return energy.mean()
         real_queries = key_padding_mask[:, None, -length:].to(energy.dtype)  # (b, 1, t)
         return (energy * real_queries).sum() / (real_queries.sum() * energy.shape[1]).clamp(min=1)
-

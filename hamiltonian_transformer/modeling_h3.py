@@ -25,6 +25,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .auto_registration import complete_auto_map
+from .cache_naming import accepts_past_key_values, cache_output, output_cache
 from .configuration_h3 import H3Config
 from .energy_attention import EnergyAttention
 from .layers import MLP, RotaryEmbedding
@@ -88,40 +89,44 @@ class H3Block(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         past_length: int,
+        attn_implementation: str = "sdpa",
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden_states (b, t, D); attention_mask (b, past + t) 1 for real tokens, or None."""
+        """hidden_states (b, t, D); attention_mask (b, past + t) 1 for real tokens, or None. Each block reads and
+        writes its own cache layer `layer_idx`."""
         x = self.mixer_norm(hidden_states)
         if self.is_attention:
             mixed, weights = self.attend(
-                x, position_embeddings, attention_mask, past_key_values, past_length, output_attentions
+                x, position_embeddings, attention_mask, cache, past_length, attn_implementation, output_attentions
             )
         else:
-            mixed, weights = self.h3(x, attention_mask, past_key_values, past_length), None
+            mixed, weights = self.h3(x, attention_mask, cache), None
         hidden_states = hidden_states + self.dropout(mixed)
         hidden_states = hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
         return hidden_states, weights
 
-    def attend(self, x, position_embeddings, attention_mask, cache, past_length: int, output_attentions: bool):
-        update_cache = None
+    def attend(
+        self, x, position_embeddings, attention_mask, cache, past_length: int, attn_implementation: str,
+        output_attentions: bool,
+    ):
+        cache_update = None
         if cache is not None:
             filled = past_length + x.shape[1]
 
-            def update_cache(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def cache_update(key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 # The cache appends the new tokens and returns the history; a static layer returns all its
                 # max_cache_len slots, of which the first `filled` hold tokens.
                 keys, values = cache.update(key, value, self.layer_idx)
                 return keys[:, :, :filled], values[:, :, :filled]
 
-        key_padding_mask = None if attention_mask is None else attention_mask.bool()
-        out, _, weights, _ = self.mixer(
-            x, position_embeddings, key_padding_mask, output_attentions=output_attentions, update_cache=update_cache
+        out, weights, _ = self.mixer(
+            x, position_embeddings, attention_mask, cache_update, attn_implementation, output_attentions
         )
         return out, weights
 
-    def h3(self, x: torch.Tensor, attention_mask, cache: Cache | None, past_length: int) -> torch.Tensor:
+    def h3(self, x: torch.Tensor, attention_mask, cache: Cache | None) -> torch.Tensor:
         length = x.shape[1]
         conv_state = ssm_state = None
         if cache is not None:
@@ -148,8 +153,8 @@ class H3PreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["H3Block"]
-    _skip_keys_device_placement = ["past_key_values"]
-    _supports_sdpa = True
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _supports_sdpa = True  # config._attn_implementation picks the attention layers' literal path or SDPA
     _is_stateful = True
 
     @torch.no_grad()
@@ -189,13 +194,14 @@ class H3Model(H3PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @accepts_past_key_values
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -206,9 +212,9 @@ class H3Model(H3PreTrainedModel):
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         use_cache = (config.use_cache if use_cache is None else use_cache) and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        cache = past_key_values if use_cache else None
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        cache = cache if use_cache else None
         past_length = seen_tokens(cache, config)
 
         # 1. inputs
@@ -229,7 +235,8 @@ class H3Model(H3PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, weights = block(
-                hidden_states, position_embeddings, attention_mask, cache, past_length, output_attentions
+                hidden_states, position_embeddings, attention_mask, cache, past_length, config._attn_implementation,
+                output_attentions,
             )
             if weights is not None:
                 all_attentions.append(weights)
@@ -244,9 +251,9 @@ class H3Model(H3PreTrainedModel):
             all_hidden_states.append(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=cache,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
+            **cache_output(cache),
         )
 
 
@@ -266,22 +273,32 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         # `cache_params`). Its layers are the same LinearAttentionLayer in a static cache, so nothing is lost.
         return "full_attention" in self.config.layer_types
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+    @accepts_past_key_values
+    def prepare_inputs_for_generation(
+        self, input_ids, next_sequence_length=None, cache=None, attention_mask=None, **kwargs
+    ):
+        # generate() continuing from a cache of only linear-attention layers (pure H3) passes the whole sequence,
+        # because such a cache has no get_seq_length(); feed the model only the tokens its state has not seen.
+        if next_sequence_length is None and cache is not None:
+            seen = seen_tokens(cache, self.config)
+            if 0 < seen < input_ids.shape[1]:
+                next_sequence_length = input_ids.shape[1] - seen
         # A cache of linear-attention layers counts as compilable, for which generate() turns the 2D padding mask into
         # 4D causal masks; the H3 layers need the 2D mask (which tokens are padding), the attention layers build theirs.
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=None, **kwargs
+            input_ids, next_sequence_length, attention_mask=None, **cache_output(cache), **kwargs
         )
         model_inputs["attention_mask"] = attention_mask
         return model_inputs
 
+    @accepts_past_key_values
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -294,7 +311,7 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -309,9 +326,9 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **cache_output(output_cache(outputs)),
         )
 
 

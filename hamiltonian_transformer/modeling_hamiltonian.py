@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,8 +28,9 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .auto_registration import complete_auto_map
+from .cache_naming import accepts_past_key_values, cache_output, output_cache
 from .configuration_hamiltonian import HamiltonianTransformerConfig
-from .energy_attention import EnergyAttention
+from .energy_attention import CacheUpdate, EnergyAttention
 from .integrators import INTEGRATORS, DropoutReplay, ReversibleSequence
 from .layers import MLP, RotaryEmbedding
 from .model_inputs import check_model_inputs, padding_positions
@@ -49,26 +51,22 @@ class HamiltonianCausalLMOutputWithPast(CausalLMOutputWithPast):
     energies: dict[str, torch.Tensor] | None = None
 
 
-@dataclass
-class LayerInputs:
-    """What every force evaluation of one forward pass needs, and what it hands back (per layer, per slot)."""
+class LayerOutput(NamedTuple):
+    """A layer's output streams (b, t, D), with the attention weights and mean energies of its force evaluations
+    (empty unless asked for)."""
 
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
-    key_padding_mask: torch.Tensor | None
-    past: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    # Layers with a single attention evaluation hand their new keys straight to the cache and attend to what it
-    # returns (instead of `past`), which saves a copy of the whole history per token when decoding.
-    update_cache: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-    output_attentions: bool = False
-    output_energies: bool = False
-    replay: DropoutReplay | None = None
-    new_key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    attentions: list[torch.Tensor] = field(default_factory=list)
-    energies: list[torch.Tensor] = field(default_factory=list)
+    q: torch.Tensor
+    p: torch.Tensor
+    attentions: tuple[torch.Tensor, ...]
+    energies: tuple[torch.Tensor, ...]
 
 
 class HamiltonianLayer(GradientCheckpointingLayer):
-    """One integrator layer: `evolution_steps` substeps of the configured integrator with step h / steps."""
+    """One integrator layer: `evolution_steps` substeps of the configured integrator with step h / steps.
+
+    The layer reads and writes its own cache entry: cache layer `layer_idx` holds its E attention evaluations' keys
+    and values side by side along the head dimension, (b, E*h, s, w).
+    """
 
     def __init__(self, config: HamiltonianTransformerConfig, layer_idx: int):
         super().__init__()
@@ -105,48 +103,90 @@ class HamiltonianLayer(GradientCheckpointingLayer):
     def step_size(self) -> torch.Tensor:
         return self.log_step_size.exp()
 
-    def force(self, q: torch.Tensor, slot: int, inputs: LayerInputs) -> torch.Tensor:
-        """F(q): attention on the normalised positions (evaluation `slot` of this layer)."""
-        replay = inputs.replay(("force", self.layer_idx, slot)) if inputs.replay else nullcontext()
-        with replay:
-            out, key_value, weights, energy = self.attention(
-                self.force_norm(q),
-                inputs.position_embeddings,
-                inputs.key_padding_mask,
-                inputs.past[slot] if inputs.past else None,
-                inputs.output_attentions,
-                inputs.output_energies,
-                update_cache=inputs.update_cache,
-            )
-            out = self.dropout(out)
-        if inputs.replay is None:  # the reversible path keeps nothing but the final streams
-            inputs.new_key_values[slot] = key_value
+    def forward(
+        self,
+        q: torch.Tensor,
+        p: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        attn_implementation: str = "sdpa",
+        output_attentions: bool = False,
+        output_energies: bool = False,
+        replay: DropoutReplay | None = None,
+        inverse: bool = False,
+    ) -> LayerOutput:
+        """(q, p) (b, t, D) -> the layer's output streams (or, with `inverse=True`, the input that maps to them).
+
+        attention_mask (b, s): 1 for real tokens over the cached and new ones, or None. `replay` gives the reversible
+        path its dropout masks; `inverse` (symplectic integrators only) undoes the layer.
+        """
+        attentions, energies = [], []
+        cache_updates, write_cache = self.cache_updates(cache)
+
+        def force(q: torch.Tensor, slot: int) -> torch.Tensor:
+            """F(q): attention on the normalised positions (evaluation `slot` of this layer)."""
+            with replay(("force", self.layer_idx, slot)) if replay else nullcontext():
+                out, weights, energy = self.attention(
+                    self.force_norm(q),
+                    position_embeddings,
+                    attention_mask,
+                    cache_updates[slot] if cache_updates else None,
+                    attn_implementation,
+                    output_attentions,
+                    output_energies,
+                )
+                out = self.dropout(out)
             if weights is not None:
-                inputs.attentions.append(weights)
-        if energy is not None:
-            inputs.energies.append(energy.detach())
-        return out
+                attentions.append(weights)
+            if energy is not None:
+                energies.append(energy.detach())
+            return out
 
-    def velocity(self, p: torch.Tensor, slot: int, inputs: LayerInputs) -> torch.Tensor:
-        """G(p): MLP on the normalised momenta."""
-        replay = inputs.replay(("velocity", self.layer_idx, slot)) if inputs.replay else nullcontext()
-        with replay:
-            return self.dropout(self.mlp(self.velocity_norm(p)))
+        def velocity(p: torch.Tensor, slot: int) -> torch.Tensor:
+            """G(p): MLP on the normalised momenta."""
+            with replay(("velocity", self.layer_idx, slot)) if replay else nullcontext():
+                return self.dropout(self.mlp(self.velocity_norm(p)))
 
-    def forward(self, q: torch.Tensor, p: torch.Tensor, inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.step_size() / self.evolution_steps
-        force, velocity = partial(self.force, inputs=inputs), partial(self.velocity, inputs=inputs)
-        for substep in range(self.evolution_steps):
-            q, p = self.step(q, p, force, velocity, h, substep)
-        return q, p
+        if inverse:
+            for substep in reversed(range(self.evolution_steps)):
+                q, p = self.inverse_step(q, p, force, velocity, h, substep)
+        else:
+            for substep in range(self.evolution_steps):
+                q, p = self.step(q, p, force, velocity, h, substep)
+        write_cache()
+        return LayerOutput(q, p, tuple(attentions), tuple(energies))
 
-    def inverse(self, q: torch.Tensor, p: torch.Tensor, inputs: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer input that `forward` maps to (q, p) (symplectic integrators only)."""
-        h = self.step_size() / self.evolution_steps
-        force, velocity = partial(self.force, inputs=inputs), partial(self.velocity, inputs=inputs)
-        for substep in reversed(range(self.evolution_steps)):
-            q, p = self.inverse_step(q, p, force, velocity, h, substep)
-        return q, p
+    def cache_updates(self, cache: Cache | None) -> tuple[list[CacheUpdate] | None, Callable[[], None]]:
+        """One `cache_update` per attention evaluation of this layer, and the function that stores them at the end.
+
+        A single evaluation hands its keys straight to the cache, which returns the history (no copy of it here).
+        With several, evaluation e attends to its own slot's history plus its new keys; the new keys of every slot are
+        written together once the layer is done, because the cache appends along the sequence for all heads at once.
+        """
+        if cache is None:
+            return None, lambda: None
+        if self.num_slots == 1:
+            return [partial(cache.update, layer_idx=self.layer_idx)], lambda: None
+        layer = cache.layers[self.layer_idx]
+        past = None
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            past = list(zip(layer.keys.chunk(self.num_slots, dim=1), layer.values.chunk(self.num_slots, dim=1)))
+        new: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def update(slot: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            new[slot] = (key, value)
+            if past is None:
+                return key, value
+            return torch.cat([past[slot][0], key], dim=-2), torch.cat([past[slot][1], value], dim=-2)
+
+        def write() -> None:
+            slots = [new[slot] for slot in range(self.num_slots)]
+            cache.update(torch.cat([k for k, _ in slots], dim=1), torch.cat([v for _, v in slots], dim=1),
+                         self.layer_idx)
+
+        return [partial(update, slot) for slot in range(self.num_slots)], write
 
 
 class HamiltonianTransformerPreTrainedModel(PreTrainedModel):
@@ -155,8 +195,8 @@ class HamiltonianTransformerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["HamiltonianLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
-    _supports_sdpa = True
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _supports_sdpa = True  # config._attn_implementation picks the literal formula ("eager") or SDPA ("sdpa")
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -202,13 +242,14 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @accepts_past_key_values
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -221,78 +262,73 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         use_cache = (config.use_cache if use_cache is None else use_cache) and not self.training
         reversible = config.reversible and self.training and torch.is_grad_enabled()
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        _check_cache(past_key_values)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if reversible and (output_attentions or output_hidden_states):
+            raise ValueError("`output_attentions`/`output_hidden_states` are not available on the reversible path.")
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        cache = cache if use_cache else None
+        _check_cache(cache)
+        past_length = cache.get_seq_length() if cache is not None else 0
 
         # 1. inputs: validated before any lookup, so a bad id is an error message rather than an index error
         check_model_inputs(config, input_ids, inputs_embeds, attention_mask, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        batch, length, _ = inputs_embeds.shape
+        length = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = padding_positions(attention_mask, past_length, length, inputs_embeds.device)
-        key_padding_mask = attention_mask.bool() if attention_mask is not None and not attention_mask.all() else None
-
-        # 2. the two streams
-        q = inputs_embeds
-        p = self.momentum_proj(q) if self.momentum_proj is not None else torch.zeros_like(q)
-        inputs = LayerInputs(
-            position_embeddings=self.rotary_emb(position_ids, q.dtype),
-            key_padding_mask=None,
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        position_embeddings = self.rotary_emb(position_ids, inputs_embeds.dtype)
+        layer_kwargs = dict(
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            attn_implementation=config._attn_implementation,
             output_attentions=output_attentions,
             output_energies=output_energies,
         )
 
-        # 3. the integrator layers
-        all_hidden_states = [] if output_hidden_states else None
-        kinetic_energies = []
+        # 2. the two streams
+        q = inputs_embeds
+        p = self.momentum_proj(q) if self.momentum_proj is not None else torch.zeros_like(q)
 
-        def run_layer(layer: HamiltonianLayer, q: torch.Tensor, p: torch.Tensor):
-            q, p = layer(q, p, inputs)
-            if inputs.output_energies:
-                kinetic_energies.append(0.5 * p.detach().square().sum(-1).mean())
-            return q, p
+        # 3. the integrator layers
+        all_hidden_states, all_attentions, attention_energies, kinetic_energies = [], [], [], []
+
+        def record(output: LayerOutput) -> tuple[torch.Tensor, torch.Tensor]:
+            all_attentions.extend(output.attentions)
+            attention_energies.extend(output.energies)
+            if output_energies:
+                kinetic_energies.append(0.5 * output.p.detach().square().sum(-1).mean())
+            return output.q, output.p
 
         if reversible:
-            if output_attentions or output_hidden_states:
-                raise ValueError("`output_attentions`/`output_hidden_states` are not available on the reversible path.")
-            inputs.key_padding_mask = key_padding_mask
-            inputs.replay = DropoutReplay(q.device)
+            replay = DropoutReplay(q.device)
+            recording = [True]  # backward re-runs the layers: record the forward pass only
+
+            def layer_map(layer: HamiltonianLayer, q: torch.Tensor, p: torch.Tensor, inverse: bool = False):
+                output = layer(q, p, **layer_kwargs, replay=replay, inverse=inverse)
+                return record(output) if recording[0] and not inverse else (output.q, output.p)
+
             layer_params = [[w for w in layer.parameters() if w.requires_grad] for layer in self.layers]
             q, p = ReversibleSequence.apply(
                 q,
                 p,
-                [partial(run_layer, layer) for layer in self.layers],
-                [partial(layer.inverse, inputs=inputs) for layer in self.layers],
+                [partial(layer_map, layer) for layer in self.layers],
+                [partial(layer_map, layer, inverse=True) for layer in self.layers],
                 layer_params,
                 *[w for params in layer_params for w in params],
             )
-            inputs.output_energies = False  # backward re-runs the layers: record the forward pass only
+            recording[0] = False
         else:
             for layer in self.layers:
                 if output_hidden_states:
                     all_hidden_states.append(q)
-                past = _read_cache(past_key_values, layer.layer_idx, layer.num_slots)
-                stored = past[0][0].shape[-2] if past else 0
-                inputs.key_padding_mask = None if key_padding_mask is None else key_padding_mask[:, -(stored + length):]
-                inputs.new_key_values = {}
-                inputs.update_cache = None
-                if use_cache and layer.num_slots == 1 and config.attention_window is None:
-                    inputs.update_cache = partial(past_key_values.update, layer_idx=layer.layer_idx)
-                inputs.past = None if inputs.update_cache else past
-                q, p = run_layer(layer, q, p)
-                if use_cache and inputs.update_cache is None:
-                    slots = [inputs.new_key_values[slot] for slot in range(layer.num_slots)]
-                    past_key_values.update(
-                        torch.cat([k for k, _ in slots], dim=1), torch.cat([v for _, v in slots], dim=1),
-                        layer.layer_idx,
-                    )
+                q, p = record(layer(q, p, **layer_kwargs, cache=cache))
         energies = None
         if output_energies:
             energies = {
-                "attention_energy": torch.stack(inputs.energies).view(len(self.layers), -1).mean(-1),
+                "attention_energy": torch.stack(attention_energies).view(len(self.layers), -1).mean(-1),
                 "kinetic_energy": torch.stack(kinetic_energies),
                 "step_size": torch.stack([layer.step_size().detach() for layer in self.layers]),
             }
@@ -303,10 +339,10 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
             all_hidden_states.append(hidden_states)
         return HamiltonianModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(inputs.attentions) if output_attentions else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
             energies=energies,
+            **cache_output(cache),
         )
 
 
@@ -320,22 +356,11 @@ def _check_cache(cache: Cache | None) -> None:
     unsupported = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in _SUPPORTED_CACHE_LAYERS})
     if unsupported:
         raise ValueError(
-            f"past_key_values={type(cache).__name__} with {', '.join(unsupported)} layers is not supported by the "
+            f"cache={type(cache).__name__} with {', '.join(unsupported)} layers is not supported by the "
             f"Hamiltonian Transformer: each layer keeps one growing key/value slot per attention evaluation, which "
             f"needs {' or '.join(t.__name__ for t in _SUPPORTED_CACHE_LAYERS)} layers. Pass a DynamicCache (or none); "
             f"in generate(), leave cache_implementation unset or 'dynamic'."
         )
-
-
-def _read_cache(cache: Cache | None, layer_idx: int, num_slots: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Past (keys, values) of each attention evaluation of a layer: its cache layer holds the E slots side by side
-    along the head dimension, (b, E*h, s, d)."""
-    if cache is None or layer_idx >= len(cache.layers):
-        return None
-    layer = cache.layers[layer_idx]
-    if not getattr(layer, "is_initialized", False) or layer.keys is None or layer.keys.numel() == 0:
-        return None
-    return list(zip(layer.keys.chunk(num_slots, dim=1), layer.values.chunk(num_slots, dim=1)))
 
 
 class HamiltonianTransformerForCausalLM(HamiltonianTransformerPreTrainedModel, GenerationMixin):
@@ -347,13 +372,14 @@ class HamiltonianTransformerForCausalLM(HamiltonianTransformerPreTrainedModel, G
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_past_key_values
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -367,7 +393,7 @@ class HamiltonianTransformerForCausalLM(HamiltonianTransformerPreTrainedModel, G
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -383,10 +409,10 @@ class HamiltonianTransformerForCausalLM(HamiltonianTransformerPreTrainedModel, G
         return HamiltonianCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             energies=outputs.energies,
+            **cache_output(output_cache(outputs)),
         )
 
 

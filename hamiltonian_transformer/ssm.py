@@ -38,7 +38,9 @@ DISCRETIZATIONS = ("bilinear", "zoh")
 
 
 def _fft_length(n: int) -> int:
-    """Smallest 5-smooth integer >= n: FFT libraries are fastest on lengths with factors 2, 3 and 5 only."""
+    """Smallest 5-smooth integer >= n (n >= 1): FFT libraries are fastest on lengths with factors 2, 3 and 5 only."""
+    if n < 1:
+        raise ValueError(f"FFT length must be at least 1, got {n} (an empty sequence has nothing to convolve).")
     m = n
     while True:
         r = m

@@ -27,19 +27,3 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
-
-
-def assert_left_padded_generation_equals_per_row(model, lengths=(4, 9, 6), new_tokens: int = 12) -> None:
-    """Greedy generation of a left-padded batch (pad id 0) gives each row the tokens it gets alone."""
-    prompts = [torch.randint(1, model.config.vocab_size, (n,)) for n in lengths]
-    width = max(lengths)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = prompt
-        mask[row, width - len(prompt) :] = 1
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-    batched = model.generate(ids, attention_mask=mask, **kwargs)[:, width:]
-    for row, prompt in enumerate(prompts):
-        single = model.generate(prompt[None], **kwargs)[:, len(prompt) :]
-        assert torch.equal(batched[row : row + 1], single), f"row {row}"

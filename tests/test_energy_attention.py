@@ -7,10 +7,13 @@ import torch
 
 from hamiltonian_transformer.energy_attention import (
     EnergyAttention,
-    augment_for_energy,
+    augment_keys,
+    augment_queries,
     build_attention_mask,
+    cache_width,
     energy_attention,
     energy_attention_ref,
+    pad_values,
     windowed_energy_attention,
 )
 
@@ -33,11 +36,22 @@ def reference(q, k, v, co, mask, entropy=None):
     return energy_attention_ref(q, k, v, co["lam"], co["alpha"], co["beta"], co["gamma"], mask, entropy)[0]
 
 
+WIDTH = cache_width(D, uses_energy=True)
+
+
+def sdpa(q, k, v, co, mask=None, entropy=None):
+    """The SDPA path on the augmented vectors, cut back to the value width."""
+    out = energy_attention(augment_queries(q, co["c"], co["penalty"], WIDTH), augment_keys(k, WIDTH),
+                           pad_values(v, WIDTH), mask, entropy)
+    return out[..., : v.shape[-1]]
+
+
 def test_reduction_folds_energy_into_vectors_padded_to_multiple_of_eight():
     q, k, _ = qkv(5)
     co = coefficients()
-    q_aug, k_aug = augment_for_energy(q, k, co["c"], co["penalty"])
-    assert q_aug.shape[-1] % 8 == 0 and q_aug.shape[-1] >= D + 1
+    q_aug, k_aug = augment_queries(q, co["c"], co["penalty"], WIDTH), augment_keys(k, WIDTH)
+    assert q_aug.shape[-1] == k_aug.shape[-1] == WIDTH and WIDTH % 8 == 0 and WIDTH >= D + 1
+    assert cache_width(D, uses_energy=False) == D
     logits = q_aug @ k_aug.transpose(-1, -2)
     literal = (q @ k.transpose(-1, -2)) / math.sqrt(D) - co["lam"].view(1, H, 1, 1) * (
         co["alpha"].view(1, H, 1, 1) * q.square().sum(-1, keepdim=True)
@@ -56,7 +70,7 @@ def test_sdpa_path_equals_literal_formula(causal, entropy):
     co = coefficients()
     mask = build_attention_mask(9, 9) if causal else torch.ones(1, 1, 9, 9, dtype=torch.bool)
     literal_mask = build_attention_mask(9, 9, torch.ones(1, 9)) if causal else mask
-    out = energy_attention(q, k, v, co["c"], co["penalty"], mask, entropy)
+    out = sdpa(q, k, v, co, mask, entropy)
     torch.testing.assert_close(out, reference(q, k, v, co, literal_mask, entropy), atol=1e-5, rtol=1e-5)
 
 
@@ -67,14 +81,13 @@ def test_sdpa_path_equals_literal_with_padding_and_kv_cache():
     padding = torch.ones(B, past + t, dtype=torch.bool)
     padding[0, :2] = False  # left padding in row 0
     mask = build_attention_mask(t, past + t, padding)
-    out = energy_attention(q, k, v, co["c"], co["penalty"], mask, 8)
+    out = sdpa(q, k, v, co, mask, 8)
     torch.testing.assert_close(out, reference(q, k, v, co, mask, 8), atol=1e-5, rtol=1e-5)
     # the padded keys carry no weight: changing them changes nothing for real queries
     k2, v2 = k.clone(), v.clone()
     k2[0, :, :2] += 10.0
     v2[0, :, :2] -= 10.0
-    torch.testing.assert_close(energy_attention(q, k2, v2, co["c"], co["penalty"], mask), energy_attention(
-        q, k, v, co["c"], co["penalty"], mask))
+    torch.testing.assert_close(sdpa(q, k2, v2, co, mask), sdpa(q, k, v, co, mask))
 
 
 def test_padding_queries_stay_finite():
@@ -82,7 +95,7 @@ def test_padding_queries_stay_finite():
     mask = build_attention_mask(4, 4, padding)
     q, k, v = qkv(4)
     co = coefficients()
-    assert torch.isfinite(energy_attention(q, k, v, co["c"], co["penalty"], mask)).all()
+    assert torch.isfinite(sdpa(q, k, v, co, mask)).all()
 
 
 @pytest.mark.parametrize("length,window", [(13, 4), (16, 4), (9, 3)])
@@ -92,13 +105,16 @@ def test_blocked_sliding_window_equals_masked_full_attention(length, window):
     padding = torch.ones(B, length, dtype=torch.bool)
     padding[1, :3] = False
     mask = build_attention_mask(length, length, padding, window)
-    blocked = windowed_energy_attention(q, k, v, co["c"], co["penalty"], window, padding, entropy_base_length=2)
+    blocked = windowed_energy_attention(
+        augment_queries(q, co["c"], co["penalty"], WIDTH), augment_keys(k, WIDTH), pad_values(v, WIDTH), window,
+        padding, entropy_base_length=2,
+    )[..., :D]
     torch.testing.assert_close(blocked, reference(q, k, v, co, mask, 2), atol=1e-5, rtol=1e-5)
 
 
 def test_lambda_zero_is_plain_scaled_dot_product_attention():
     q, k, v = qkv(7)
-    out = energy_attention(q, k, v, 1 / math.sqrt(D), None)
+    out = energy_attention(augment_queries(q, 1 / math.sqrt(D), None, D), augment_keys(k, D), v)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(out, expected)
 
@@ -108,8 +124,9 @@ def test_module_eager_and_sdpa_paths_agree_and_gamma_is_recovered(learnable):
     module = EnergyAttention(32, 4, energy_lambda=0.2, energy_gamma=0.8, learnable_energy=learnable).double()
     x = torch.randn(2, 6, 32, dtype=torch.float64)
     fast = module(x)[0]
-    eager, _, weights, _ = module(x, output_attentions=True)
+    eager, weights, _ = module(x, output_attentions=True)
     torch.testing.assert_close(fast, eager)
+    torch.testing.assert_close(module(x, attn_implementation="eager")[0], eager)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 6, dtype=torch.float64))
     coefficients_ = module.coefficients()
     torch.testing.assert_close(coefficients_["gamma"], torch.full((4,), 0.8, dtype=torch.float64))
@@ -119,28 +136,50 @@ def test_module_eager_and_sdpa_paths_agree_and_gamma_is_recovered(learnable):
 def test_mean_energy_matches_literal_expectation():
     module = EnergyAttention(16, 2, energy_lambda=0.3, energy_alpha=0.5, energy_beta=0.7, energy_gamma=0.4).double()
     x = torch.randn(1, 5, 16, dtype=torch.float64)
-    _, _, weights, energy = module(x, output_attentions=True, output_energy=True)
+    _, weights, energy = module(x, output_attentions=True, output_energy=True)
+    torch.testing.assert_close(module(x, output_energy=True)[2], energy)  # the SDPA path's diagnostic
     q = module.q_proj(x).view(1, 5, 2, 8).transpose(1, 2)
     k = module.k_proj(x).view(1, 5, 2, 8).transpose(1, 2)
     h = 0.5 * q.square().sum(-1, keepdim=True) + 0.7 * k.square().sum(-1)[:, :, None] + 0.4 * q @ k.transpose(-1, -2)
     torch.testing.assert_close(energy, (weights * h).sum(-1).mean())
 
 
-def test_update_cache_callback_equals_past_key_value():
-    """A Cache-backed caller hands the history back through `update_cache`; the result is that of `past_key_value`."""
+@pytest.mark.parametrize("energy_lambda", [0.3, 0.0])
+def test_cached_keys_are_augmented_once_and_decoding_equals_the_full_pass(energy_lambda):
+    """The cache receives each token's key once, already augmented with |k|^2 (and values padded to its width), and
+    attention over the history it hands back equals attention over the whole sequence at once."""
     torch.manual_seed(0)
-    module = EnergyAttention(16, 2, energy_lambda=0.3, energy_gamma=0.4).double().eval()
-    prompt, new = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 1, 16, dtype=torch.float64)
-    _, past, _, _ = module(prompt)
-    expected, _, _, _ = module(new, past_key_value=past)
-    stored = []
+    module = EnergyAttention(16, 2, energy_lambda=energy_lambda, energy_gamma=0.4).double().eval()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    full = module(x)[0]
+    keys, values, stored = [], [], []
 
-    def update_cache(key, value):
-        stored.append((key, value))
-        return torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
+    def cache_update(key, value):
+        stored.append(key.shape[-2])
+        keys.append(key)
+        values.append(value)
+        return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)
 
-    actual, new_key_value, _, _ = module(new, update_cache=update_cache)
-    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
-    assert stored[0][0].shape[-2] == 1 and new_key_value[0] is stored[0][0]
-    with pytest.raises(ValueError, match="past_key_value or update_cache"):
-        module(new, past_key_value=past, update_cache=update_cache)
+    steps = [module(x[:, :4], cache_update=cache_update)[0]]
+    steps += [module(x[:, t : t + 1], cache_update=cache_update)[0] for t in range(4, 7)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-12)
+    assert stored == [4, 1, 1, 1]
+    key = torch.cat(keys, dim=-2)
+    assert key.shape[-1] == module.cache_width == (16 if energy_lambda else 8) and values[0].shape[-1] == key.shape[-1]
+    if energy_lambda:
+        torch.testing.assert_close(key[..., 8], key[..., :8].square().sum(-1))  # |k|^2 column, written once
+
+
+def test_eager_implementation_runs_the_literal_formula_not_sdpa(monkeypatch):
+    module = EnergyAttention(16, 2, energy_lambda=0.3, energy_gamma=0.4).double()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    sdpa_out = module(x, attn_implementation="sdpa")[0]
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    eager_out = module(x, attn_implementation="eager")[0]
+    assert not calls
+    module(x, attn_implementation="sdpa")
+    assert calls
+    torch.testing.assert_close(eager_out, sdpa_out)

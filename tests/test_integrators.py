@@ -7,12 +7,12 @@ import torch
 
 from hamiltonian_transformer import HamiltonianTransformerConfig, HamiltonianTransformerForCausalLM
 from hamiltonian_transformer.layers import RotaryEmbedding
-from hamiltonian_transformer.modeling_hamiltonian import HamiltonianLayer, LayerInputs
+from hamiltonian_transformer.modeling_hamiltonian import HamiltonianLayer
 
 from .conftest import PYTHON, REPO_ROOT, subprocess_env
 
 
-def small_layer(integrator: str, steps: int = 1) -> tuple[HamiltonianLayer, LayerInputs]:
+def small_layer(integrator: str, steps: int = 1) -> tuple[HamiltonianLayer, dict]:
     config = HamiltonianTransformerConfig.from_preset(
         "tiny", hidden_size=8, num_attention_heads=2, intermediate_size=16, integrator=integrator,
         evolution_steps=steps, step_size=0.7,
@@ -21,16 +21,15 @@ def small_layer(integrator: str, steps: int = 1) -> tuple[HamiltonianLayer, Laye
     for parameter in layer.parameters():  # move away from the init so the maps are far from the identity
         torch.nn.init.normal_(parameter, std=0.5)
     rotary = RotaryEmbedding(config.head_dim)
-    inputs = LayerInputs(position_embeddings=rotary(torch.arange(3)[None], torch.float64), key_padding_mask=None)
-    return layer, inputs
+    return layer, dict(position_embeddings=rotary(torch.arange(3)[None], torch.float64))
 
 
 @pytest.mark.parametrize("integrator,steps", [("symplectic_euler", 1), ("symplectic_euler", 3), ("leapfrog", 2)])
 def test_inverse_reconstructs_layer_input(integrator, steps):
     layer, inputs = small_layer(integrator, steps)
     q, p = torch.randn(2, 1, 3, 8, dtype=torch.float64).unbind(0)
-    q_out, p_out = layer(q, p, inputs)
-    q_back, p_back = layer.inverse(q_out, p_out, inputs)
+    q_out, p_out, _, _ = layer(q, p, **inputs)
+    q_back, p_back, _, _ = layer(q_out, p_out, **inputs, inverse=True)
     torch.testing.assert_close(q_back, q, atol=1e-12, rtol=0)
     torch.testing.assert_close(p_back, p, atol=1e-12, rtol=0)
 
@@ -41,7 +40,7 @@ def log_abs_det_jacobian(integrator: str) -> float:
 
     def layer_map(flat: torch.Tensor) -> torch.Tensor:
         q, p = flat.view(2, 1, 3, 8).unbind(0)
-        return torch.cat([t.reshape(-1) for t in layer(q, p, inputs)])
+        return torch.cat([t.reshape(-1) for t in layer(q, p, **inputs)[:2]])
 
     jacobian = torch.autograd.functional.jacobian(layer_map, state)
     return torch.linalg.slogdet(jacobian).logabsdet.item()

@@ -21,8 +21,9 @@ from hamiltonian_transformer import (
     HamiltonianTransformerForSequenceClassification,
     HamiltonianTransformerModel,
 )
+from hamiltonian_transformer.cache_naming import output_cache
 
-from .conftest import PYTHON, assert_left_padded_generation_equals_per_row, subprocess_env
+from .conftest import PYTHON, subprocess_env
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 VARIANTS = {
@@ -99,40 +100,10 @@ def test_prefill_then_decode_equals_full_forward(variant):
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :9], use_cache=True)
     logits = [out.logits]
-    cache = out.past_key_values
     for t in range(9, 14):
-        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], cache=output_cache(out), use_cache=True)
         logits.append(out.logits)
     torch.testing.assert_close(torch.cat(logits, dim=1), full, atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_greedy_generate_with_cache_equals_recomputing_without_cache(variant):
-    model = tiny_model(**VARIANTS[variant])
-    prompt = torch.randint(1, 99, (1, 6))
-    kwargs = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
-    cached = model.generate(prompt, use_cache=True, **kwargs)
-    uncached = model.generate(prompt, use_cache=False, **kwargs)
-    assert cached.shape == (1, 38)
-    assert torch.equal(cached, uncached)
-
-
-def test_left_padded_batch_generation_equals_per_row_generation():
-    model = tiny_model()
-    assert_left_padded_generation_equals_per_row(model, (4, 9, 6))
-
-
-def test_beam_search_and_sampling_with_cache_equal_without_cache():
-    model = tiny_model(integrator="leapfrog")
-    prompt = torch.randint(1, 99, (2, 5))
-    beams = dict(max_new_tokens=10, num_beams=3, do_sample=False, pad_token_id=0)
-    assert torch.equal(model.generate(prompt, **beams), model.generate(prompt, use_cache=False, **beams))
-    samples = []
-    for use_cache in (True, False):
-        torch.manual_seed(7)
-        samples.append(model.generate(prompt, do_sample=True, top_k=20, top_p=0.9, temperature=0.8,
-                                      max_new_tokens=10, pad_token_id=0, use_cache=use_cache))
-    assert torch.equal(samples[0], samples[1])
 
 
 def test_energies_diagnostics_per_layer():
@@ -228,6 +199,9 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.randint(1, 99, (1, 513)))
     with pytest.raises(ValueError, match="exactly one"):
         model()
+    for shape, what in [((2, 0), "empty sequence"), ((0, 4), "empty batch")]:
+        with pytest.raises(ValueError, match=f"input_ids` has shape .*{what}"):
+            model(torch.zeros(shape, dtype=torch.long))
 
 
 def test_static_cache_is_refused_with_a_clear_error():

@@ -1,0 +1,50 @@
+"""The name of the generation cache in the installed transformers release.
+
+transformers 5.24 renamed the cache keyword of `forward()` / `prepare_inputs_for_generation()` and the cache field of
+model outputs from `past_key_values` to `cache` (and deprecated the old names with `deprecate_kwarg`). The family
+supports releases on both sides of the rename, so its models take `cache`, accept `past_key_values` the way the
+installed release does (a FutureWarning where the release itself has renamed it, a silent rename on older releases
+whose `generate()` still passes the old name), and fill whichever output field the release declares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
+
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+"""The cache field of model outputs, and the cache keyword `generate()` passes, in the installed release."""
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def accepts_past_key_values(function: _Function) -> _Function:
+    """Accept the pre-5.24 keyword `past_key_values` for `cache`: with a FutureWarning where transformers has renamed
+    it (as its own models do), silently where the installed transformers still uses the old name itself."""
+    # deprecate_kwarg stays silent once the installed release is at or past `version`.
+    version = "5.40.0" if CACHE_FIELD == "cache" else "5.0.0"
+    wrapped = deprecate_kwarg("past_key_values", version, new_name="cache")(function)
+    # generate() checks its keyword arguments against this signature: list the old name too, so that
+    # `generate(..., past_key_values=cache)` is accepted on releases that still spell it so.
+    signature = inspect.signature(function)
+    if "past_key_values" not in signature.parameters:
+        parameters = list(signature.parameters.values())
+        at = next((i for i, p in enumerate(parameters) if p.kind is p.VAR_KEYWORD), len(parameters))
+        legacy = inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)
+        wrapped.__signature__ = signature.replace(parameters=[*parameters[:at], legacy, *parameters[at:]])
+    return wrapped
+
+
+def cache_output(cache: Any) -> dict[str, Any]:
+    """Keyword for an output dataclass: `{field: cache}` under the installed release's field name."""
+    return {CACHE_FIELD: cache}
+
+
+def output_cache(outputs: Any) -> Any:
+    """The cache of a model output, whichever name the installed release gives it."""
+    return getattr(outputs, CACHE_FIELD)

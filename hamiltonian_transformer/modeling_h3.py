@@ -157,6 +157,10 @@ class H3PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True  # config._attn_implementation picks the attention layers' literal path or SDPA
     _is_stateful = True
 
+    def __init__(self, config, *inputs, **kwargs):
+        config.validate()  # a config changed after construction must not build a broken model
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -198,6 +198,10 @@ class HamiltonianTransformerPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True  # config._attn_implementation picks the literal formula ("eager") or SDPA ("sdpa")
 
+    def __init__(self, config, *inputs, **kwargs):
+        config.validate()  # a config changed after construction must not build a broken model
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -1,10 +1,13 @@
 """The SDPA energy attention equals the literal softmax(QK^T/sqrt(d) - lambda H(Q, K)) V."""
 
+import copy
 import math
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
+import hamiltonian_transformer
 from hamiltonian_transformer.energy_attention import (
     EnergyAttention,
     augment_keys,
@@ -183,3 +186,33 @@ def test_eager_implementation_runs_the_literal_formula_not_sdpa(monkeypatch):
     module(x, attn_implementation="sdpa")
     assert calls
     torch.testing.assert_close(eager_out, sdpa_out)
+
+
+@pytest.mark.parametrize("model_class,config_class,overrides", [
+    ("HamiltonianTransformerForCausalLM", "HamiltonianTransformerConfig", dict(integrator="leapfrog")),
+    ("H3ForCausalLM", "H3Config", dict(attn_layer_idx=[1])),
+])
+def test_models_honour_attn_implementation(model_class, config_class, overrides, monkeypatch):
+    """`attn_implementation="eager"` (transformers' own switch) runs the literal formula, "sdpa" the fused kernel; both
+    give the same logits."""
+    config = getattr(hamiltonian_transformer, config_class).from_preset("tiny", **overrides)
+    # from_config writes the implementation into the config it is given: one copy each
+    sdpa_model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").eval()
+    eager_model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager").eval()
+    eager_model.load_state_dict(sdpa_model.state_dict())
+    assert type(eager_model).__name__ == model_class and eager_model.config._attn_implementation == "eager"
+    assert sdpa_model.config._attn_implementation == "sdpa"
+    ids = torch.randint(1, 99, (2, 9))
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    eager_logits = eager_model(ids).logits
+    assert not calls
+    sdpa_logits = sdpa_model(ids).logits
+    assert calls
+    torch.testing.assert_close(eager_logits, sdpa_logits, atol=1e-5, rtol=1e-5)
+    eager_model.set_attn_implementation("sdpa")
+    calls.clear()
+    eager_model(ids)
+    assert calls

@@ -1,4 +1,6 @@
-"""State space layers of the H3 model: FFT causal convolution, diagonal (S4D) SSMs, the shift SSM and the H3 mixer.
+"""State space layers of the H3 model: FFT causal convolution, diagonal (S4D) SSMs and the shift SSM.
+
+The H3 mixer that combines them sits beside its block in `modeling_h3.py`.
 
 H3: Dao, Fu, Saab, Thomas, Rudra, Ré, "Hungry Hungry Hippos: Towards Language Modeling with State Space Models",
 ICLR 2023 (arXiv:2212.14052). Diagonal SSMs and their initialisations: Gu, Gupta, Goel, Ré, "On the Parameterization
@@ -389,17 +391,17 @@ def dense_ssm_ref(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value: int) -> None:
+def check_positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name}={value!r} is not allowed: it must be a positive integer")
 
 
-def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:
+def check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != expected:
         raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {expected}")
 
 
-def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     """Half-precision parameters (a model cast to bf16) are upcast: complex half tensors do not exist."""
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
@@ -414,8 +416,8 @@ class ShiftSSM(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__()
-        _check_positive_int("channels", channels)
-        _check_positive_int("kernel_size", kernel_size)
+        check_positive_int("channels", channels)
+        check_positive_int("kernel_size", kernel_size)
         self.channels = channels
         self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.empty(channels, kernel_size))  # (c, l)
@@ -433,7 +435,7 @@ class ShiftSSM(nn.Module):
         kernel = with_skip(self.weight, self.D)
         if window is None:
             return fft_causal_conv(u, kernel)
-        _check_shape("conv_state", window, (u.shape[0], self.channels, self.kernel_size))
+        check_shape("conv_state", window, (u.shape[0], self.channels, self.kernel_size))
         history = torch.cat([window.to(u.dtype), u], dim=-1)  # (b, c, kernel_size + t)
         return fft_causal_conv(history, kernel)[..., self.kernel_size :]
 
@@ -441,7 +443,7 @@ class ShiftSSM(nn.Module):
         """Window after appending u: the last kernel_size of (window, u). window: (b, c, l) or None; u: (b, c, t)."""
         if window is None:
             window = u.new_zeros(u.shape[0], self.channels, self.kernel_size)
-        _check_shape("conv_state", window, (u.shape[0], self.channels, self.kernel_size))
+        check_shape("conv_state", window, (u.shape[0], self.channels, self.kernel_size))
         return torch.cat([window.to(u.dtype), u], dim=-1)[..., -self.kernel_size :]
 
     def step(self, window: torch.Tensor) -> torch.Tensor:
@@ -470,7 +472,7 @@ class DiagonalSSM(nn.Module):
         discretization: str = "bilinear",
     ):
         super().__init__()
-        _check_positive_int("channels", channels)
+        check_positive_int("channels", channels)
         _check_d_state(d_state)
         if init not in SSM_INITS:
             raise ValueError(f"init={init!r} is not allowed; allowed values: {', '.join(SSM_INITS)}")
@@ -509,15 +511,15 @@ class DiagonalSSM(nn.Module):
         self.D.normal_()
 
     def _A(self) -> torch.Tensor:
-        return torch.complex(-torch.exp(_at_least_float32(self.log_neg_A_real)), _at_least_float32(self.A_imag))
+        return torch.complex(-torch.exp(at_least_float32(self.log_neg_A_real)), at_least_float32(self.A_imag))
 
     def _C(self) -> torch.Tensor:
-        return torch.view_as_complex(_at_least_float32(self.C))
+        return torch.view_as_complex(at_least_float32(self.C))
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dA, dB): (c, n) complex, at least complex64."""
-        B = torch.view_as_complex(_at_least_float32(self.B))
-        return discretize(_at_least_float32(self.log_dt), self._A(), B, self.discretization)
+        B = torch.view_as_complex(at_least_float32(self.B))
+        return discretize(at_least_float32(self.log_dt), self._A(), B, self.discretization)
 
     def kernel(self, length: int) -> torch.Tensor:
         """Convolution kernel (c, length), real."""
@@ -531,7 +533,7 @@ class DiagonalSSM(nn.Module):
         seq_len = u.shape[-1]
         y = fft_causal_conv(u, with_skip(ssm_kernel(dA, dB, C, seq_len), self.D))  # (b, c, t)
         if initial_state is not None:
-            _check_shape("initial_state", initial_state, (u.shape[0], self.channels, self.d_state // 2))
+            check_shape("initial_state", initial_state, (u.shape[0], self.channels, self.d_state // 2))
             y = y + ssm_initial_state_response(initial_state.to(dA.dtype), dA, C, seq_len)
         return y.to(u.dtype)
 
@@ -539,7 +541,7 @@ class DiagonalSSM(nn.Module):
         """State after consuming u (b, c, t), starting from initial_state (b, c, n) complex or zeros -> (b, c, n)."""
         dA, dB = self.discretize()
         if initial_state is not None:
-            _check_shape("initial_state", initial_state, (u.shape[0], self.channels, self.d_state // 2))
+            check_shape("initial_state", initial_state, (u.shape[0], self.channels, self.d_state // 2))
             initial_state = initial_state.to(dA.dtype)
         return ssm_state_from_sequence(u, dA, dB, initial_state)
 
@@ -548,7 +550,7 @@ class DiagonalSSM(nn.Module):
         dA, dB = self.discretize()
         if state is None:
             state = torch.zeros(u_t.shape[0], self.channels, self.d_state // 2, dtype=dA.dtype, device=dA.device)
-        _check_shape("state", state, (u_t.shape[0], self.channels, self.d_state // 2))
+        check_shape("state", state, (u_t.shape[0], self.channels, self.d_state // 2))
         y, state = ssm_step(state.to(dA.dtype), u_t, dA, dB, self._C(), self.D)
         return y.to(u_t.dtype), state
 
@@ -563,145 +565,3 @@ def ssm_parameter_names(module: nn.Module) -> Iterator[str]:
         if isinstance(submodule, DiagonalSSM):
             for name in DiagonalSSM.ssm_param_names:
                 yield f"{prefix}.{name}" if prefix else name
-
-
-class H3Mixer(nn.Module):
-    """H3 token mixer (Dao, Fu et al., ICLR 2023, section 3.2).
-
-        Q, K, V = x W_q, x W_k, x W_v               heads of size d = head_dim, h = hidden_size / d heads
-        K~      = ShiftSSM(K)                        depthwise over hidden_size channels
-        S_h     = DiagSSM_h(K~_h (outer) V_h)        each of the d x d products of head h through head h's SSM
-        out     = W_o (sum_i Q_h,i S_h,i,j)          contracted over the key index
-
-    As in the H3 code, the d x d products of one head share that head's diagonal SSM (hidden_size / head_dim SSMs);
-    with head_dim = 1 this is out = W_o(Q * DiagSSM(ShiftSSM(K) * V)).
-
-    States (no state lives on the module between calls):
-        conv_state (b, hidden_size, shift_kernel_size): last shift_kernel_size (masked) K inputs, oldest first.
-        ssm_state  (b, hidden_size * head_dim, d_state // 2, 2): the complex diagonal SSM state as a real view,
-                   channels ordered (key index i, value index j, head h).
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        head_dim: int = 1,
-        d_state: int = 64,
-        shift_kernel_size: int = 64,
-        ssm_init: str = "s4d_lin",
-        dt_min: float = 1e-3,
-        dt_max: float = 1e-1,
-        discretization: str = "bilinear",
-        bias: bool = True,
-    ):
-        super().__init__()
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("head_dim", head_dim)
-        if hidden_size % head_dim != 0:
-            raise ValueError(f"head_dim={head_dim} is not allowed: it must divide hidden_size={hidden_size}")
-        self.hidden_size = hidden_size
-        self.head_dim = head_dim
-        self.num_heads = hidden_size // head_dim
-        self.d_state = d_state
-        self.shift_kernel_size = shift_kernel_size
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
-        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
-        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
-        self.shift_ssm = ShiftSSM(hidden_size, shift_kernel_size)
-        self.diag_ssm = DiagonalSSM(self.num_heads, d_state, ssm_init, dt_min, dt_max, discretization)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
-
-    def _outer(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Per-head outer products of keys and values: k, v (b, hidden, t) -> (b d d, heads, t)."""
-        batch, _, seq_len = k.shape
-        if self.head_dim == 1:  # the paper's models: a plain product
-            return k * v
-        k = k.view(batch, self.num_heads, self.head_dim, seq_len).transpose(1, 2)  # (b, d, h, t)
-        v = v.view(batch, self.num_heads, self.head_dim, seq_len).transpose(1, 2)  # (b, d, h, t)
-        kv = k[:, :, None] * v[:, None, :]  # (b, d_i, d_j, h, t)
-        return kv.reshape(batch * self.head_dim**2, self.num_heads, seq_len)
-
-    def _contract(self, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """out_h,j = sum_i q_h,i s_h,i,j: q (b, hidden, t), s (b d d, heads, t) -> (b, hidden, t)."""
-        batch, _, seq_len = q.shape
-        if self.head_dim == 1:
-            return q * s
-        s = s.view(batch, self.head_dim, self.head_dim, self.num_heads, seq_len)  # (b, d_i, d_j, h, t)
-        q = q.view(batch, self.num_heads, self.head_dim, seq_len).transpose(1, 2)  # (b, d_i, h, t)
-        out = (q[:, :, None] * s).sum(1)  # (b, d_j, h, t)
-        return out.transpose(1, 2).reshape(batch, self.hidden_size, seq_len)
-
-    def _unpack_ssm_state(self, ssm_state: torch.Tensor, batch: int) -> torch.Tensor:
-        """Real cache view (b, hidden * d, n, 2) -> complex (b d d, heads, n)."""
-        modes = self.d_state // 2
-        _check_shape("ssm_state", ssm_state, (batch, self.hidden_size * self.head_dim, modes, 2))
-        state = torch.view_as_complex(_at_least_float32(ssm_state).contiguous())
-        return state.reshape(batch * self.head_dim**2, self.num_heads, modes)
-
-    def _pack_ssm_state(self, state: torch.Tensor, batch: int) -> torch.Tensor:
-        """Complex (b d d, heads, n) -> real cache view (b, hidden * d, n, 2)."""
-        return torch.view_as_real(state.reshape(batch, self.hidden_size * self.head_dim, self.d_state // 2))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        padding_mask: torch.Tensor | None = None,
-        conv_state: torch.Tensor | None = None,
-        ssm_state: torch.Tensor | None = None,
-        return_states: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Parallel (FFT) pass over a chunk, continuing from (conv_state, ssm_state) when given.
-
-        hidden_states: (b, t, hidden); padding_mask: (b, t), 1 / True for real tokens, or None.
-        Returns (out (b, t, hidden), new conv_state, new ssm_state); the states are None unless return_states.
-        """
-        batch, seq_len, _ = hidden_states.shape
-        # 1. projections
-        q = self.q_proj(hidden_states).transpose(1, 2)  # (b, hidden, t)
-        k = self.k_proj(hidden_states).transpose(1, 2)
-        v = self.v_proj(hidden_states).transpose(1, 2)
-        if padding_mask is not None:
-            _check_shape("padding_mask", padding_mask, (batch, seq_len))
-            # Zero keys and values of padding so it adds nothing to the shift window or the SSM state.
-            mask = padding_mask.to(k.dtype)[:, None, :]  # (b, 1, t)
-            k, v = k * mask, v * mask
-        # 2. shift SSM over the keys
-        k_shift = self.shift_ssm(k, conv_state)  # (b, hidden, t)
-        # 3. diagonal SSM over the key-value products
-        kv = self._outer(k_shift, v)  # (b d d, heads, t)
-        initial_state = None if ssm_state is None else self._unpack_ssm_state(ssm_state, batch)
-        s = self.diag_ssm(kv, initial_state)  # (b d d, heads, t)
-        # 4. contraction with the queries, output projection
-        out = self.o_proj(self._contract(q, s).transpose(1, 2).to(hidden_states.dtype))  # (b, t, hidden)
-        if not return_states:
-            return out, None, None
-        new_conv_state = self.shift_ssm.roll_window(conv_state, k)
-        new_ssm_state = self._pack_ssm_state(self.diag_ssm.final_state(kv, initial_state), batch)
-        return out, new_conv_state, new_ssm_state
-
-    def step(
-        self,
-        hidden_states: torch.Tensor,
-        conv_state: torch.Tensor | None = None,
-        ssm_state: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One token, O(1) in the context length. hidden_states: (b, 1, hidden) or (b, hidden).
-
-        Returns (out shaped like hidden_states, new conv_state, new ssm_state); None states start from zeros.
-        """
-        if hidden_states.dim() == 3 and hidden_states.shape[1] != 1:
-            raise ValueError(f"step takes one token, got hidden_states of shape {tuple(hidden_states.shape)}")
-        batch = hidden_states.shape[0]
-        x = hidden_states.reshape(batch, self.hidden_size)
-        # 1. projections
-        q, k, v = self.q_proj(x)[..., None], self.k_proj(x)[..., None], self.v_proj(x)[..., None]  # (b, hidden, 1)
-        # 2. shift SSM over the keys
-        window = self.shift_ssm.roll_window(conv_state, k)  # (b, hidden, shift_kernel_size)
-        k_shift = self.shift_ssm.step(window)[..., None]  # (b, hidden, 1)
-        # 3. diagonal SSM over the key-value products
-        kv = self._outer(k_shift, v)[..., 0]  # (b d d, heads)
-        state = None if ssm_state is None else self._unpack_ssm_state(ssm_state, batch)
-        s, state = self.diag_ssm.step(kv, state)  # (b d d, heads)
-        # 4. contraction with the queries, output projection
-        out = self.o_proj(self._contract(q, s[..., None])[..., 0].to(hidden_states.dtype))  # (b, hidden)
-        return out.view_as(hidden_states), window, self._pack_ssm_state(state, batch)

@@ -1,15 +1,15 @@
-"""Equivalence tests of hamiltonian_transformer.ssm: every fast path against its literal twin."""
+"""Equivalence tests of hamiltonian_transformer.ssm and the H3 mixer: every fast path against its literal twin."""
 
 import copy
 
 import pytest
 import torch
 
+from hamiltonian_transformer.modeling_h3 import H3Mixer
 from hamiltonian_transformer.ssm import (
     DISCRETIZATIONS,
     SSM_INITS,
     DiagonalSSM,
-    H3Mixer,
     ShiftSSM,
     causal_conv_ref,
     dense_ssm_ref,

@@ -58,7 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -69,6 +68,10 @@ from huggingface_hub import (
     get_token,
 )
 from huggingface_hub.errors import HfHubHTTPError
+
+# The HTTP client huggingface_hub sends its requests with (httpx2 in huggingface_hub 2.x), as it exports it for
+# downstream code: its transport errors (connection refused, timeouts) reach us unwrapped.
+from huggingface_hub.utils import httpx
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -432,7 +435,7 @@ def explain_hub_error(err: BaseException, *, repo_id: str, stage: str, endpoint:
         # huggingface_hub checks the card with the Hub before uploading anything
         return f"the Hub rejected the model card metadata ({_one_line(err)}); nothing was uploaded"
     http = _find_cause(err, HfHubHTTPError)
-    network = _find_cause(err, httpx2.TransportError)
+    network = _find_cause(err, httpx.TransportError)
     if http is not None and http.response is not None:
         status = http.response.status_code
         server = _one_line(http.server_message or http.response.reason_phrase or "")

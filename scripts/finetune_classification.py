@@ -1,7 +1,8 @@
 """Fine-tune a Hamiltonian Transformer or an H3 for sequence classification with `transformers.Trainer`.
 
-    python scripts/finetune_classification.py --model_name_or_path outputs/main_job/hamiltonian --output_dir out/cls
-    python scripts/finetune_classification.py --model_type h3 --preset tiny --output_dir out/listops-h3
+    python scripts/finetune_classification.py --model_name_or_path outputs/main_job/hamiltonian_transformer \
+        --output_dir outputs/listops-finetuned
+    python scripts/finetune_classification.py --model_type h3 --preset tiny --output_dir outputs/listops-h3
 
 The model is a pretrained checkpoint (--model_name_or_path: its causal-LM weights load into
 `AutoModelForSequenceClassification`, whose score head starts fresh) or a new model of --model_type/--preset.
@@ -24,34 +25,13 @@ import collections
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
-import numpy as np
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    EvalPrediction,
-    HfArgumentParser,
-    TrainingArguments,
-)
-from transformers.trainer_utils import get_last_checkpoint
-
-from hamiltonian_transformer import PRESETS
-from hamiltonian_transformer.data import listops_tokenizer, load_metric, make_listops_splits, train_bpe_tokenizer
-from hamiltonian_transformer.data.corpus import FILE_BUILDERS
-from hamiltonian_transformer.hub import CheckpointError, HubPushError, push_checkpoint
-from hamiltonian_transformer.optimization import ParameterGroupTrainer
-from hamiltonian_transformer.training import (
-    TimeLimitCallback,
-    build_config,
-    check_mixed_precision,
-    check_seq_len,
-    parse_config_overrides,
-    write_run_metadata,
-)
+# The package, datasets and the model classes are imported after the arguments are parsed (`--help` answers without
+# them; transformers' TrainingArguments, which the parser is built from, needs torch).
+if TYPE_CHECKING:
+    import datasets
+    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 LISTOPS = "listops"
 
@@ -61,7 +41,7 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "pretrained checkpoint folder or Hub id (default: a new --model_type model)"})
     model_type: str | None = field(
-        default=None, metadata={"help": "new model's type (default hamiltonian_transformer)", "choices": list(PRESETS)})
+        default=None, metadata={"help": "new model's type: hamiltonian_transformer (default) or h3"})
     preset: str | None = field(default=None, metadata={"help": "new model's preset: tiny, small (default) or base"})
     config_overrides: str | None = field(default=None, metadata={"help": "new model: k=v,... config fields"})
     tokenizer_name: str | None = field(
@@ -96,17 +76,52 @@ class DataArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """The three argument groups; a flag that cannot work is refused here (`parser.error`: one line, exit 2)."""
+    from transformers import HfArgumentParser, TrainingArguments
+
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__.split("\n\n")[0])
     # Defaults for training small models from scratch on CPU (Trainer's are for fine-tuning large pretrained ones).
     parser.set_defaults(learning_rate=1e-3, weight_decay=0.01, per_device_train_batch_size=32,
                         per_device_eval_batch_size=64, num_train_epochs=5, eval_strategy="epoch",
                         save_strategy="epoch", save_total_limit=1, logging_steps=20, report_to="none")
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    # Trainer reads max_steps <= 0 as "use the epochs" (-1 is its "unset"); 0 would silently train for epochs.
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        parser.error(f"--max_steps must be at least 1 (or left unset to train --num_train_epochs), "
+                     f"got {training_args.max_steps}")
+    if training_args.max_steps == -1 and training_args.num_train_epochs <= 0:
+        parser.error(f"--num_train_epochs must be positive, got {training_args.num_train_epochs}")
+    if model_args.max_train_minutes is not None and model_args.max_train_minutes <= 0:
+        parser.error(f"--max_train_minutes must be positive, got {model_args.max_train_minutes}")
+    for flag in ("train_file", "validation_file"):
+        path = getattr(data_args, flag)
+        if path is not None and not Path(path).is_file():
+            parser.error(f"--{flag} {path}: no such file")
+    if data_args.validation_file is not None and data_args.train_file is None:
+        parser.error("--validation_file needs --train_file")
+
+    from hamiltonian_transformer import PRESETS
+    from hamiltonian_transformer.config_from_flags import check_model_folder
+
+    if model_args.model_type is not None and model_args.model_type not in PRESETS:
+        parser.error(f"argument --model_type: invalid choice: {model_args.model_type!r} "
+                     f"(choose from {', '.join(PRESETS)})")
+    for flag in ("model_name_or_path", "tokenizer_name"):
+        if getattr(model_args, flag) is not None:
+            try:
+                check_model_folder(getattr(model_args, flag), f"--{flag}")
+            except ValueError as err:
+                parser.error(str(err))
     return model_args, data_args, training_args
 
 
 def load_classification_data(data_args: DataArguments) -> tuple[datasets.DatasetDict, str]:
     """The splits (train, validation, maybe test) and a description of the data for eval_results.json."""
+    import datasets
+
+    from hamiltonian_transformer.data import make_listops_splits
+    from hamiltonian_transformer.data.corpus import FILE_BUILDERS
+
     if data_args.dataset_name is not None and data_args.train_file is not None:
         raise ValueError("pass --dataset_name or --train_file, not both")
     if data_args.dataset_name is not None:
@@ -146,6 +161,8 @@ def load_classification_data(data_args: DataArguments) -> tuple[datasets.Dataset
 
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     """Class names: those of a ClassLabel column, else the distinct values of the train split as strings."""
+    import datasets
+
     feature = dataset.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
@@ -157,7 +174,30 @@ def majority_class_rate(labels: list[int]) -> float:
     return collections.Counter(labels).most_common(1)[0][1] / len(labels)
 
 
-def setup(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict[str, Any]:
+@dataclass
+class FinetuningRun:
+    """What `setup` prepares for the Trainer."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    data: datasets.DatasetDict  # tokenized: input_ids, attention_mask, labels
+    dataset_name: str  # for eval_results.json and the model card
+    majority: float  # majority-class rate of the validation split
+
+
+def setup(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> FinetuningRun:
+    import datasets
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from hamiltonian_transformer.config_from_flags import (
+        build_config,
+        check_mixed_precision,
+        check_seq_len,
+        load_pretrained_model,
+        parse_config_overrides,
+    )
+    from hamiltonian_transformer.data import listops_tokenizer, train_bpe_tokenizer
+
     check_mixed_precision("bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
                           training_args.device)
     pretrained = model_args.model_name_or_path is not None
@@ -212,15 +252,19 @@ def setup(model_args: ModelArguments, data_args: DataArguments, training_args: T
 
     encoded = raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="Tokenizing")
     if pretrained:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **labels)
+        model = load_pretrained_model(AutoModelForSequenceClassification, model_args.model_name_or_path,
+                                      "--model_name_or_path", trust_remote_code=model_args.trust_remote_code, **labels)
     else:
         model = AutoModelForSequenceClassification.from_config(config)
-    return dict(tokenizer=tokenizer, model=model, data=encoded, dataset_name=dataset_name,
-                majority=majority_class_rate(encoded["validation"]["labels"]))
+    return FinetuningRun(tokenizer=tokenizer, model=model, data=encoded, dataset_name=dataset_name,
+                         majority=majority_class_rate(encoded["validation"]["labels"]))
 
 
 def compute_metrics_fn():
+    import numpy as np
+
+    from hamiltonian_transformer.data import load_metric
+
     accuracy, f1 = load_metric("accuracy"), load_metric("f1")
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
@@ -237,10 +281,22 @@ def compute_metrics_fn():
 def main(argv: list[str] | None = None) -> int:
     try:
         model_args, data_args, training_args = parse_args(argv)
+    except ValueError as err:  # TrainingArguments' own checks (e.g. --bf16 on a device without it)
+        print(f"finetune_classification.py: error: {err}", file=sys.stderr)
+        return 1
+    from transformers import DataCollatorWithPadding
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from hamiltonian_transformer.hub import CheckpointError, HubPushError, push_checkpoint
+    from hamiltonian_transformer.optimization import ParameterGroupTrainer
+    from hamiltonian_transformer.run_outputs import write_run_metadata
+    from hamiltonian_transformer.training import TimeLimitCallback
+
+    try:
         push, training_args.push_to_hub = training_args.push_to_hub, False  # pushed below, with the family's card
         if push and not training_args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id NAMESPACE/NAME")
-        parts = setup(model_args, data_args, training_args)
+        run = setup(model_args, data_args, training_args)
         callbacks = [] if model_args.max_train_minutes is None else [TimeLimitCallback(model_args.max_train_minutes)]
     except ValueError as err:
         print(f"finetune_classification.py: error: {err}", file=sys.stderr)
@@ -250,27 +306,27 @@ def main(argv: list[str] | None = None) -> int:
         resume = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
         print(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting from scratch")
     trainer = ParameterGroupTrainer(
-        model=parts["model"], args=training_args, train_dataset=parts["data"]["train"],
-        eval_dataset=parts["data"]["validation"], processing_class=parts["tokenizer"],
-        data_collator=DataCollatorWithPadding(parts["tokenizer"]), compute_metrics=compute_metrics_fn(),
+        model=run.model, args=training_args, train_dataset=run.data["train"],
+        eval_dataset=run.data["validation"], processing_class=run.tokenizer,
+        data_collator=DataCollatorWithPadding(run.tokenizer), compute_metrics=compute_metrics_fn(),
         ssm_learning_rate=model_args.ssm_learning_rate,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
-    train_tokens = sum(len(ids) for ids in parts["data"]["train"]["input_ids"]) * trainer.state.epoch
+    train_tokens = sum(len(ids) for ids in run.data["train"]["input_ids"]) * trainer.state.epoch
     eval_results = {
         "eval_loss": metrics["eval_loss"], "eval_accuracy": metrics["eval_accuracy"], "eval_f1": metrics["eval_f1"],
-        "majority_class_accuracy": parts["majority"], "dataset": parts["dataset_name"],
+        "majority_class_accuracy": run.majority, "dataset": run.dataset_name,
         "dataset_config": data_args.dataset_config, "dataset_split": "validation", "train_tokens": round(train_tokens),
     }
-    if len(parts["data"].get("test", [])) > 0:
-        test = trainer.evaluate(parts["data"]["test"], metric_key_prefix="test")
+    if len(run.data.get("test", [])) > 0:
+        test = trainer.evaluate(run.data["test"], metric_key_prefix="test")
         eval_results.update(test_accuracy=test["test_accuracy"], test_f1=test["test_f1"])
     trainer.save_model(training_args.output_dir)
     write_run_metadata(training_args.output_dir,
                        {**training_args.to_dict(), **asdict(model_args), **asdict(data_args)}, eval_results)
-    print(f"validation accuracy {metrics['eval_accuracy']:.4f} (majority class {parts['majority']:.4f}), "
+    print(f"validation accuracy {metrics['eval_accuracy']:.4f} (majority class {run.majority:.4f}), "
           f"macro F1 {metrics['eval_f1']:.4f}; model saved to {training_args.output_dir}")
     if push:
         try:

@@ -1,6 +1,6 @@
 """Generate text with a causal LM of this family (or any Auto model) from a checkpoint folder or a Hub id.
 
-    python scripts/generate.py outputs/main_job/hamiltonian --prompt "def main(" --max_new_tokens 64
+    python scripts/generate.py outputs/main_job/hamiltonian_transformer --prompt "def main(" --max_new_tokens 64
     python scripts/generate.py outputs/main_job/h3 --prompt "import " --do_sample --temperature 0.8 --top_k 50
     python scripts/generate.py outputs/main_job/h3 --prompt "class " --num_beams 4
 
@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
-
-import hamiltonian_transformer  # noqa: F401  (registers the family with the Auto classes)
+# torch, transformers and the package (whose import registers the family with the Auto classes) are imported after
+# the arguments are parsed, so that `--help` and flag errors answer at once.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,14 +41,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("choose sampling (--do_sample) or beam search (--num_beams > 1), not both")
     if not (args.temperature > 0 and 0 < args.top_p <= 1 and args.top_k >= 0):
         parser.error("sampling needs --temperature > 0, 0 < --top_p <= 1 and --top_k >= 0")
+    from hamiltonian_transformer.config_from_flags import check_model_folder
+
+    try:
+        check_model_folder(args.model_name_or_path, "model_name_or_path")
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
 def generate(args: argparse.Namespace) -> str:
     """Load the model and tokenizer, generate, and return the prompt followed by its continuation."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+
+    import hamiltonian_transformer  # noqa: F401  (registers the family with the Auto classes)
+    from hamiltonian_transformer.config_from_flags import check_architecture, load_pretrained_model
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    check_architecture(config, args.model_name_or_path, ("ForCausalLM", "LMHeadModel"), "causal language model")
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    model = load_pretrained_model(AutoModelForCausalLM, args.model_name_or_path, "model_name_or_path", config=config,
+                                  trust_remote_code=args.trust_remote_code)
     model.to(device).eval()
     if args.prompt:
         input_ids = tokenizer(args.prompt, return_tensors="pt", add_special_tokens=False).input_ids

@@ -13,8 +13,8 @@ process with the command printed first, so any stage can be re-run or scaled up 
    (10 classes), validation accuracy printed next to the majority-class rate.
 
 Everything lands under --output_dir: `hamiltonian_transformer/`, `h3/` and `listops/` are Hub-ready folders
-(`python scripts/push_to_hub.py <folder> <user>/<name>`); each child's full output is in `logs/` (kept out of the
-model folders so that it is not uploaded with them); `summary.json` gathers the numbers and samples.
+(`python scripts/push_to_hub.py outputs/main_job/h3 your-user/h3-small`); each child's full output is in `logs/`
+(kept out of the model folders so that it is not uploaded with them); `summary.json` gathers the numbers and samples.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 # The `small` preset at a width and depth that learns visibly in a few CPU minutes (about 4M parameters with the
-# 4096-token vocabulary; the preset itself is 25M).
+# 4096-token vocabulary; the preset itself is 25M). `--preset tiny` (a smoke test of the whole job) takes the preset
+# as it is.
 SIZE = "hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024"
 MODELS = {
     "hamiltonian_transformer": SIZE,
@@ -48,7 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune_epochs", type=float, default=3.0, help="ListOps epochs")
     parser.add_argument("--finetune_minutes", type=float, default=3.0, help="cap on the ListOps training time")
     parser.add_argument("--listops_train_size", type=int, default=2000)
-    return parser.parse_args(argv)
+    parser.add_argument("--preset", default="small", choices=["small", "tiny"],
+                        help="small: the job as documented; tiny: the same stages on tiny models (a smoke test)")
+    parser.add_argument("--max_train_chars", type=int, default=3_000_000,
+                        help="characters of the embedded corpus to pretrain on")
+    args = parser.parse_args(argv)
+    for name in ("pretrain_steps", "listops_train_size", "max_train_chars"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("pretrain_minutes", "finetune_epochs", "finetune_minutes"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    return args
 
 
 def child_env() -> dict[str, str]:
@@ -78,7 +91,9 @@ def wait(process: subprocess.Popen, log_path: Path) -> None:
 
 
 def last_training_record(folder: Path) -> dict | None:
-    log = folder / "training_log.jsonl"
+    from hamiltonian_transformer.run_outputs import TRAINING_LOG_FILE
+
+    log = folder / TRAINING_LOG_FILE
     if not log.is_file():
         return None
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -86,34 +101,54 @@ def last_training_record(folder: Path) -> dict | None:
     return losses[-1] if losses else None
 
 
+def print_changes(running: Callable[[], bool], status: Callable[[], str], interval_s: float = 15.0) -> None:
+    """Every ``interval_s`` while ``running()``, print ``status()``, but only when it differs from the last line
+    printed (a busy machine can go several intervals without a logged step)."""
+    last = None
+    while running():
+        time.sleep(interval_s)
+        line = status()
+        if line != last:
+            print(line, flush=True)
+            last = line
+
+
+def pretraining_status(args: argparse.Namespace, model_types) -> str:
+    """One line: the last logged step of each pretraining run."""
+    status = []
+    for model_type in model_types:
+        record = last_training_record(args.output_dir / model_type)
+        status.append(f"{model_type}: " + ("preparing data" if record is None else
+                                           f"step {record['step']}/{args.pretrain_steps} loss {record['loss']:.3f} "
+                                           f"({record['tokens_per_second']:.0f} tokens/s)"))
+    return "  " + " | ".join(status)
+
+
 def pretrain_both(args: argparse.Namespace) -> dict[str, dict]:
+    from hamiltonian_transformer.run_outputs import EVAL_RESULTS_FILE, TRAINING_LOG_FILE
+
     processes = {}
     for model_type, size in MODELS.items():
         folder = args.output_dir / model_type
+        size_flags = ["--config_overrides", size] if args.preset == "small" else []
         pretrain_args = [
-            "--model_type", model_type, "--preset", "small", "--config_overrides", size,
-            "--vocab_size", "4096", "--seq_len", "128", "--max_train_chars", "3000000", "--max_eval_samples", "128",
+            "--model_type", model_type, "--preset", args.preset, *size_flags,
+            "--vocab_size", "4096", "--seq_len", "128", "--max_train_chars", str(args.max_train_chars),
+            "--max_eval_samples", "128",
             "--per_device_train_batch_size", "16", "--learning_rate", "1e-3", "--warmup_steps", "30",
             "--max_steps", str(args.pretrain_steps), "--logging_steps", "10",
             "--eval_steps", str(max(1, args.pretrain_steps // 2)), "--checkpointing_steps", str(args.pretrain_steps),
             "--max_train_minutes", str(args.pretrain_minutes), "--output_dir", str(folder),
         ]
         processes[model_type] = start("pretrain.py", pretrain_args, log_file(args, f"pretrain_{model_type}"))
-    while any(process.poll() is None for process in processes.values()):
-        time.sleep(15)
-        status = []
-        for model_type in processes:
-            record = last_training_record(args.output_dir / model_type)
-            status.append(f"{model_type}: " + ("preparing data" if record is None else
-                                               f"step {record['step']}/{args.pretrain_steps} loss {record['loss']:.3f} "
-                                               f"({record['tokens_per_second']:.0f} tokens/s)"))
-        print("  " + " | ".join(status), flush=True)
+    print_changes(lambda: any(process.poll() is None for process in processes.values()),
+                  lambda: pretraining_status(args, processes))
     results = {}
     for model_type, process in processes.items():
         folder = args.output_dir / model_type
         wait(process, log_file(args, f"pretrain_{model_type}"))
-        eval_results = json.loads((folder / "eval_results.json").read_text())
-        records = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
+        eval_results = json.loads((folder / EVAL_RESULTS_FILE).read_text())
+        records = [json.loads(line) for line in (folder / TRAINING_LOG_FILE).read_text().splitlines()]
         first = next(record for record in records if "loss" in record)
         results[model_type] = {"folder": str(folder), "first_logged_train_loss": first["loss"], **eval_results}
         print(f"{model_type}: validation loss {eval_results['eval_loss']:.3f}, perplexity "
@@ -134,6 +169,8 @@ def sample(args: argparse.Namespace, model_type: str) -> str:
 
 
 def finetune_listops(args: argparse.Namespace) -> dict:
+    from hamiltonian_transformer.run_outputs import EVAL_RESULTS_FILE
+
     folder = args.output_dir / "listops"
     finetune_args = [
         "--model_name_or_path", str(args.output_dir / "hamiltonian_transformer"), "--output_dir", str(folder),
@@ -146,7 +183,7 @@ def finetune_listops(args: argparse.Namespace) -> dict:
     log_path = log_file(args, "finetune_listops")
     process = start("finetune_classification.py", finetune_args, log_path)
     wait(process, log_path)
-    results = json.loads((folder / "eval_results.json").read_text())
+    results = json.loads((folder / EVAL_RESULTS_FILE).read_text())
     print(f"ListOps (fine-tuned hamiltonian_transformer): validation accuracy {results['eval_accuracy']:.3f}, "
           f"macro F1 {results['eval_f1']:.3f}; majority class {results['majority_class_accuracy']:.3f}", flush=True)
     return {"folder": str(folder), **results}

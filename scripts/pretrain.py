@@ -1,8 +1,12 @@
 """Pretrain a Hamiltonian Transformer or an H3 causal language model with Accelerate.
 
     python scripts/pretrain.py --model_type hamiltonian_transformer --preset small --output_dir outputs/ht-small
-    accelerate launch --config_file scripts/accelerate/multi_gpu.yaml scripts/pretrain.py --model_type h3 ...
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/pretrain.py ...   (2 CPU ranks)
+    accelerate launch --config_file scripts/accelerate/multi_gpu.yaml scripts/pretrain.py --model_type h3 \
+        --preset small --output_dir outputs/h3-small
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/pretrain.py --preset tiny \
+        --max_steps 20 --output_dir outputs/ht-tiny-ddp
+
+(the last on two CPU ranks; any flag below can be added to each).
 
 Data: the embedded Python-standard-library corpus by default (no download), or --dataset_name/--dataset_config, or
 --train_file/--validation_file (txt, json/jsonl, csv, parquet), optionally --streaming. Without --tokenizer_name a
@@ -25,37 +29,16 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
-from datasets import IterableDataset
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, SchedulerType, get_scheduler
-
-from hamiltonian_transformer import PRESETS
-from hamiltonian_transformer.data import load_text_datasets, pack_dataset, train_bpe_tokenizer
-from hamiltonian_transformer.data.tokenizer import MIN_VOCAB_SIZE
-from hamiltonian_transformer.hub import CheckpointError, HubPushError, push_checkpoint
-from hamiltonian_transformer.optimization import parameter_groups
-from hamiltonian_transformer.training import (
-    TRAINING_LOG_FILE,
-    build_config,
-    check_mixed_precision,
-    check_seq_len,
-    evaluate_causal_lm,
-    json_ready,
-    parse_config_overrides,
-    perplexity,
-    prune_checkpoints,
-    read_checkpoint_progress,
-    resolve_resume_checkpoint,
-    save_checkpoint,
-    save_final_model,
-)
+# torch, transformers and the package are imported after the arguments are parsed: `--help` and flag errors answer
+# at once instead of after seconds of imports.
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 # A streamed corpus has no end to train the tokenizer on: use its first documents.
 STREAMING_TOKENIZER_DOCS = 10_000
@@ -67,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--model_type", default="hamiltonian_transformer", choices=list(PRESETS))
+    model.add_argument("--model_type", default="hamiltonian_transformer", help="hamiltonian_transformer or h3")
     model.add_argument("--preset", default="small", help="named size: tiny, small or base")
     model.add_argument("--config_overrides", default=None,
                        help="comma-separated config fields, e.g. hidden_size=256,num_hidden_layers=4")
@@ -91,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--cache_dir", default=None, help="`datasets` cache folder (default: HF_DATASETS_CACHE)")
     data.add_argument("--tokenizer_name", default=None, help="any AutoTokenizer name or folder (default: train a BPE)")
     data.add_argument("--vocab_size", type=int, default=None,
-                      help=f"size of the trained BPE (default: the preset's vocab_size, at least {MIN_VOCAB_SIZE})")
+                      help="size of the trained BPE (default: the preset's vocab_size, at least the BPE's minimum)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=8)
@@ -105,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--adam_beta2", type=float, default=0.95)
     train.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
     train.add_argument("--warmup_steps", type=int, default=0)
-    train.add_argument("--lr_scheduler_type", default="cosine", choices=[s.value for s in SchedulerType])
+    train.add_argument("--lr_scheduler_type", default="cosine", help="any transformers SchedulerType value")
     train.add_argument("--max_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
     train.add_argument("--num_train_epochs", type=float, default=1.0)
     train.add_argument("--max_train_minutes", type=float, default=None,
@@ -143,6 +126,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--streaming needs --max_steps (a stream has no length to count epochs in)")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id NAMESPACE/NAME")
+    for flag in ("train_file", "validation_file"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            parser.error(f"--{flag} {path}: no such file")
+    if args.validation_file is not None and args.train_file is None:
+        parser.error("--validation_file needs --train_file")
+    # The choices that need the libraries, checked once `--help` is out of the way.
+    from transformers import SchedulerType
+
+    from hamiltonian_transformer import PRESETS
+
+    for flag, value, allowed in (("model_type", args.model_type, list(PRESETS)),
+                                 ("lr_scheduler_type", args.lr_scheduler_type, [t.value for t in SchedulerType])):
+        if value not in allowed:
+            parser.error(f"argument --{flag}: invalid choice: {value!r} (choose from {', '.join(allowed)})")
     args.per_device_eval_batch_size = args.per_device_eval_batch_size or args.per_device_train_batch_size
     return args
 
@@ -157,11 +155,19 @@ def dataset_description(args: argparse.Namespace) -> str:
     return f"Python {sys.version_info.major}.{sys.version_info.minor} standard library source (embedded corpus)"
 
 
-def load_tokenizer(args: argparse.Namespace, train_texts, accelerator: Accelerator, resuming: bool):
+def load_tokenizer(args: argparse.Namespace, train_texts, accelerator: Accelerator,
+                   resuming: bool) -> PreTrainedTokenizerBase:
     """--tokenizer_name, else the BPE already saved in --output_dir (on resume, or by the main process), else train one.
 
     Only the main process trains; it runs first (inside `main_process_first`), the others then load its files.
     """
+    from datasets import IterableDataset
+    from transformers import AutoTokenizer
+
+    from hamiltonian_transformer import PRESETS
+    from hamiltonian_transformer.data import train_bpe_tokenizer
+    from hamiltonian_transformer.data.tokenizer import MIN_VOCAB_SIZE
+
     if args.tokenizer_name:
         return AutoTokenizer.from_pretrained(args.tokenizer_name)
     saved = (args.output_dir / "tokenizer.json").is_file()
@@ -177,8 +183,48 @@ def load_tokenizer(args: argparse.Namespace, train_texts, accelerator: Accelerat
     return tokenizer
 
 
-def setup(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class PretrainingRun:
+    """What `setup` prepares for `train`: the prepared (wrapped) model, optimizer, scheduler and loaders."""
+
+    accelerator: Accelerator
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # accelerate's AcceleratedScheduler
+    train_loader: Any  # accelerate's DataLoaderShard / DataLoaderDispatcher
+    eval_loader: Any
+    max_steps: int
+    resume_dir: Path | None
+
+
+@dataclass
+class Progress:
+    """Where the run is in its data, saved with each checkpoint and read back on resume."""
+
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    train_tokens: int = 0
+
+
+def setup(args: argparse.Namespace) -> PretrainingRun:
     """Everything before the first step; every refusal happens here, as a ValueError."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from hamiltonian_transformer.checkpoints import resolve_resume_checkpoint
+    from hamiltonian_transformer.config_from_flags import (
+        build_config,
+        check_mixed_precision,
+        check_seq_len,
+        parse_config_overrides,
+    )
+    from hamiltonian_transformer.data import load_text_datasets, pack_dataset
+    from hamiltonian_transformer.optimization import parameter_groups
+
     overrides = parse_config_overrides(args.config_overrides)
     # Refuse a bad preset or override now rather than after the data is prepared (the real config needs the
     # tokenizer's vocabulary and special tokens).
@@ -254,14 +300,17 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
                               num_warmup_steps=args.warmup_steps * accelerator.num_processes,
                               num_training_steps=max_steps * accelerator.num_processes)
     scheduler = accelerator.prepare(scheduler)
-    return dict(accelerator=accelerator, tokenizer=tokenizer, model=model, optimizer=optimizer, scheduler=scheduler,
-                train_loader=train_loader, eval_loader=eval_loader, max_steps=max_steps, resume_dir=resume_dir)
+    return PretrainingRun(accelerator=accelerator, tokenizer=tokenizer, model=model, optimizer=optimizer,
+                          scheduler=scheduler, train_loader=train_loader, eval_loader=eval_loader, max_steps=max_steps,
+                          resume_dir=resume_dir)
 
 
 class TrainingLog:
     """`training_log.jsonl` (main process): one JSON object per logging or evaluation event, also sent to trackers."""
 
     def __init__(self, accelerator: Accelerator, output_dir: Path, resume_step: int | None):
+        from hamiltonian_transformer.run_outputs import TRAINING_LOG_FILE
+
         self.accelerator = accelerator
         self.path = output_dir / TRAINING_LOG_FILE
         if accelerator.is_main_process and self.path.exists():
@@ -277,16 +326,27 @@ class TrainingLog:
         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
-def train(args: argparse.Namespace, parts: dict[str, Any]) -> int:
-    accelerator: Accelerator = parts["accelerator"]
-    model, optimizer, scheduler = parts["model"], parts["optimizer"], parts["scheduler"]
-    train_loader, eval_loader, max_steps = parts["train_loader"], parts["eval_loader"], parts["max_steps"]
-    step, progress = 0, {"epoch": 0, "batches_in_epoch": 0, "train_tokens": 0}
-    if parts["resume_dir"] is not None:
-        accelerator.load_state(str(parts["resume_dir"]))
-        step, progress = read_checkpoint_progress(parts["resume_dir"])
-        accelerator.print(f"resumed from {parts['resume_dir']} at step {step}")
-    log = TrainingLog(accelerator, args.output_dir, step if parts["resume_dir"] is not None else None)
+def train(args: argparse.Namespace, run: PretrainingRun) -> int:
+    import dataclasses
+
+    import torch
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from hamiltonian_transformer.checkpoints import prune_checkpoints, read_checkpoint_progress, save_checkpoint
+    from hamiltonian_transformer.hub import CheckpointError, HubPushError, push_checkpoint
+    from hamiltonian_transformer.run_outputs import json_ready, perplexity, save_final_model
+    from hamiltonian_transformer.training import evaluate_causal_lm
+
+    accelerator, model, optimizer, scheduler = run.accelerator, run.model, run.optimizer, run.scheduler
+    train_loader, eval_loader, max_steps = run.train_loader, run.eval_loader, run.max_steps
+    step, progress = 0, Progress()
+    if run.resume_dir is not None:
+        accelerator.load_state(str(run.resume_dir))
+        step, saved = read_checkpoint_progress(run.resume_dir)
+        progress = Progress(**saved)
+        accelerator.print(f"resumed from {run.resume_dir} at step {step}")
+    log = TrainingLog(accelerator, args.output_dir, step if run.resume_dir is not None else None)
     accelerator.init_trackers("pretrain", config={k: v for k, v in json_ready(vars(args)).items()
                                                   if isinstance(v, (int, float, str, bool))})
     dataset_name = dataset_description(args)
@@ -295,7 +355,7 @@ def train(args: argparse.Namespace, parts: dict[str, Any]) -> int:
                       f"parameters; {accelerator.num_processes} process(es), {total_batch} sequences of "
                       f"{args.seq_len} tokens per step, {max_steps} steps; data: {dataset_name}")
 
-    epoch, skip, tokens = progress["epoch"], progress["batches_in_epoch"], progress["train_tokens"]
+    epoch, skip, tokens = progress.epoch, progress.batches_in_epoch, progress.train_tokens
     bar = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain")
     window_losses, micro_losses, window_tokens, window_start = [], [], 0, time.perf_counter()
     batches_run, out_of_time, run_start = 0, False, time.perf_counter()
@@ -346,8 +406,8 @@ def train(args: argparse.Namespace, parts: dict[str, Any]) -> int:
                 log.write({"step": step, "eval_loss": eval_loss, "perplexity": perplexity(eval_loss)})
                 accelerator.print(f"step {step}: eval_loss {eval_loss:.4f}, perplexity {perplexity(eval_loss):.2f}")
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                progress = {"epoch": epoch, "batches_in_epoch": batches_in_epoch, "train_tokens": tokens}
-                save_checkpoint(accelerator, args.output_dir, step, progress)
+                progress = Progress(epoch=epoch, batches_in_epoch=batches_in_epoch, train_tokens=tokens)
+                save_checkpoint(accelerator, args.output_dir, step, dataclasses.asdict(progress))
                 if args.checkpoints_total_limit and accelerator.is_main_process:
                     prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
             if step >= max_steps or out_of_time:
@@ -367,7 +427,7 @@ def train(args: argparse.Namespace, parts: dict[str, Any]) -> int:
                     "dataset_config": args.dataset_config, "dataset_split": "validation", "train_tokens": tokens}
     training_args = {**vars(args), "total_batch_size": total_batch, "num_processes": accelerator.num_processes,
                      "max_steps": max_steps, "steps": step}
-    save_final_model(accelerator, model, parts["tokenizer"], args.output_dir, training_args, eval_results)
+    save_final_model(accelerator, model, run.tokenizer, args.output_dir, training_args, eval_results)
     accelerator.end_training()
     accelerator.print(f"validation loss {eval_loss:.4f}, perplexity {perplexity(eval_loss):.2f}; "
                       f"model saved to {args.output_dir}")
@@ -384,11 +444,11 @@ def train(args: argparse.Namespace, parts: dict[str, Any]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        parts = setup(args)
+        run = setup(args)
     except ValueError as err:
         print(f"pretrain.py: error: {err}", file=sys.stderr)
         return 1
-    return train(args, parts)
+    return train(args, run)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Upload a checkpoint folder to the Hugging Face Hub in one commit, with a model card.
 
-    python scripts/push_to_hub.py outputs/ht-tiny your-user/ht-tiny [--private] [--revision BRANCH]
-        [--commit_message MSG] [--token TOKEN] [--dry_run] [--max_shard_size 5GB] [--license apache-2.0]
-        [--trust_remote_code]
+    python scripts/push_to_hub.py outputs/main_job/hamiltonian_transformer your-user/hamiltonian-small --dry_run
+    python scripts/push_to_hub.py outputs/main_job/h3 your-user/h3-small --private --revision experiments
 
-The folder is checked (it must load with AutoConfig / AutoModel*) before anything is sent. `--dry_run` prints the
-files and the rendered card and sends nothing (no token needed). The token comes from --token, else HF_TOKEN, else
-`hf auth login`; set HF_ENDPOINT to use another Hub. On failure one line goes to stderr and the exit code is 1.
+Options: --private, --revision BRANCH, --commit_message MSG, --token TOKEN, --dry_run, --max_shard_size 5GB,
+--license apache-2.0, --trust_remote_code. The folder is checked (it must load with AutoConfig / AutoModel*) before
+anything is sent. `--dry_run` prints the files and the rendered card and sends nothing (no token needed). The token
+comes from --token, else HF_TOKEN, else `hf auth login`; set HF_ENDPOINT to use another Hub. On failure one line
+goes to stderr and the exit code is 1.
 See hamiltonian_transformer/hub.py for what is uploaded and the eval_results.json / training_args.json formats.
 """
 
@@ -16,15 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from transformers.utils import logging as transformers_logging
-
-from hamiltonian_transformer.hub import (
-    DEFAULT_LICENSE,
-    DEFAULT_MAX_SHARD_SIZE,
-    CheckpointError,
-    HubPushError,
-    push_checkpoint,
-)
+# The package and transformers are imported after the arguments are parsed, so that `--help` answers at once.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,22 +29,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--commit_message", default=None)
     parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN or login)")
     parser.add_argument("--dry_run", action="store_true", help="print the files and the card; upload nothing")
-    parser.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE,
-                        help="re-save weights in safetensors shards of at most this size when a file is larger")
-    parser.add_argument("--license", default=DEFAULT_LICENSE, help="license id for the card metadata")
+    parser.add_argument("--max_shard_size", default=None,
+                        help="re-save weights in safetensors shards of at most this size when a file is larger "
+                             "(default: hamiltonian_transformer.hub.DEFAULT_MAX_SHARD_SIZE, 5GB)")
+    parser.add_argument("--license", default=None,
+                        help="license id for the card metadata (default: hamiltonian_transformer.hub.DEFAULT_LICENSE)")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="run the checkpoint's own modelling code to check that it loads")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.checkpoint_dir.is_dir():
+        parser.error(f"checkpoint_dir {args.checkpoint_dir}: no such folder")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    from hamiltonian_transformer.hub import (
+        DEFAULT_LICENSE,
+        DEFAULT_MAX_SHARD_SIZE,
+        CheckpointError,
+        HubPushError,
+        push_checkpoint,
+    )
+
     # Loading the checkpoint is only a check here: its progress bar would be noise next to the upload's.
     transformers_logging.disable_progress_bar()
     try:
         push_checkpoint(args.checkpoint_dir, args.repo_id, private=args.private, revision=args.revision,
                         commit_message=args.commit_message, token=args.token, dry_run=args.dry_run,
-                        max_shard_size=args.max_shard_size, license=args.license,
+                        max_shard_size=args.max_shard_size or DEFAULT_MAX_SHARD_SIZE,
+                        license=args.license or DEFAULT_LICENSE,
                         trust_remote_code=args.trust_remote_code)
     except (CheckpointError, HubPushError) as err:
         print(f"push_to_hub: error: {err}", file=sys.stderr)

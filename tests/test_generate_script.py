@@ -51,8 +51,10 @@ def test_main_streams_greedy_tokens_to_stdout(checkpoint, capsys):
 
 
 def test_bad_requests_end_with_one_error_line(checkpoint, tmp_path, capsys):
-    assert generate_script.main([str(tmp_path / "missing"), "--prompt", PROMPT]) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("generate.py: error: ")
+    with pytest.raises(SystemExit) as exit_info:
+        generate_script.main([str(tmp_path / "missing"), "--prompt", PROMPT])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"{tmp_path / 'missing'}: no such model folder")
     assert generate_script.main([str(checkpoint), "--prompt", PROMPT, "--max_new_tokens", "100000"]) == 1
     assert "exceeds the model's max_position_embeddings" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -24,6 +24,7 @@ from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from hamiltonian_transformer import PRESETS, hub
 from tests.conftest import PYTHON, subprocess_env
 from tests.script_helpers import (  # noqa: F401  (in_process_run is a fixture)
     MODEL_TYPES,
@@ -210,9 +211,9 @@ def test_push_to_hub_hands_the_final_folder_to_the_hub_module(tmp_path, cache_di
     def fake_push(folder, repo_id):
         # The folder is complete when the push starts: the hub module checks that it loads.
         pushed.append((Path(folder), repo_id, (Path(folder) / "eval_results.json").is_file()))
-        raise pretrain.HubPushError("401 Unauthorized: the token cannot write to me/tiny")
+        raise hub.HubPushError("401 Unauthorized: the token cannot write to me/tiny")
 
-    monkeypatch.setattr(pretrain, "push_checkpoint", fake_push)
+    monkeypatch.setattr(hub, "push_checkpoint", fake_push)
     output_dir = tmp_path / "pushed"
     assert pretrain.main(tiny_args(output_dir, cache_dir, max_steps=2, push_to_hub=True, hub_model_id="me/tiny")) == 1
     assert pushed == [(output_dir, "me/tiny", True)]
@@ -318,7 +319,7 @@ def test_fsdp_config_full_shards_and_wraps_each_block_of_the_family(model_type, 
             monkeypatch.setenv(key, value)
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FSDP2's FULL_SHARD
-    config = AutoConfig.for_model(model_type, **pretrain.PRESETS[model_type]["tiny"])
+    config = AutoConfig.for_model(model_type, **PRESETS[model_type]["tiny"])
     model = AutoModelForCausalLM.from_config(config)
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     wrapped = [module for module in model.modules() if policy(module)]

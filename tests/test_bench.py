@@ -222,7 +222,7 @@ def test_write_plots_draws_each_measured_stage_and_skips_empty_ones(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_issue3_summary_compares_h3_with_llama_at_its_checkpoints():
+def test_h3_vs_llama_summary_compares_h3_with_llama_at_its_checkpoints():
     def ok(stage, length, **figures):
         return {"stage": stage, "length": length, "status": "ok", **figures}
 
@@ -233,7 +233,7 @@ def test_issue3_summary_compares_h3_with_llama_at_its_checkpoints():
         "llama": [ok("train", 2048, tokens_per_s=200.0), ok("decode", 4096, ms_per_token=33.0),
                   ok("decode_static", 4096, ms_per_token=21.0)],
     }
-    summary = speed.issue3_summary(sweep)["h3"]
+    summary = speed.h3_vs_llama_summary(sweep)["h3"]
     assert summary["train_T2048"]["vs_llama"] == pytest.approx(1.5)
     assert summary["train_T512"] is None
     assert summary["decode_long_over_short"] == pytest.approx(1.1)

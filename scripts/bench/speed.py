@@ -13,7 +13,7 @@ Sections (``--sections``):
           is skipped, a measurement that overruns anyway is interrupted by a timer, and they are recorded as
           "timeout", as are sizes after one that ran out of memory ("oom"), instead of numbers; a process that dies
           (e.g. at the kernel's OOM killer) leaves "crashed".
-  energy  issue 2: forward+backward time of the Hamiltonian Transformer with its energy term (lambda=0.1) against
+  energy  forward+backward time of the Hamiltonian Transformer with its energy term (lambda=0.1) against
           the same model with lambda=0, and of the energy attention op alone against plain SDPA, at
           ``--energy_seq_lens``, plus training-step tokens/s of that model next to the matched Llama. Repetitions
           are interleaved so that machine noise hits both sides alike.
@@ -75,9 +75,9 @@ SECTIONS = ("sweep", "energy")
 # The no-shift H3 ablations matter for quality, not speed (they cost what H3 costs).
 SPEED_MODELS = tuple(name for name in MODEL_NAMES if not name.endswith("no_shift"))
 ENERGY_MODEL = "hamiltonian:symplectic_euler"
-# Issue 3's checkpoints: H3 against Llama at these training lengths and prompt lengths.
-ISSUE3_SEQ_LENS = (512, 2048, 8192)
-ISSUE3_PROMPT_LENS = (128, 4096)
+# H3 against Llama at these training lengths and prompt lengths (the checkpoints of the H3 comparison).
+H3_VS_LLAMA_SEQ_LENS = (512, 2048, 8192)
+H3_VS_LLAMA_PROMPT_LENS = (128, 4096)
 
 
 def _autocast(device: torch.device):
@@ -357,7 +357,7 @@ def _short(record: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Energy attention overhead (issue 2), in its own process
+# Energy attention overhead, in its own process
 # ----------------------------------------------------------------------------------------------------------------------
 def _paired(first: list[float], second: list[float]) -> dict:
     """Ratio first / second of best times (load from other processes only ever adds time, so the best of several
@@ -478,14 +478,14 @@ def _find(sweep: dict, model: str, stage: str, length: int) -> dict | None:
                  and r["status"] == "ok"), None)
 
 
-def issue3_summary(sweep: dict) -> dict:
-    """H3 against Llama at issue 3's checkpoints, from whatever the sweep measured."""
+def h3_vs_llama_summary(sweep: dict) -> dict:
+    """H3 against Llama at the comparison's training and prompt lengths, from whatever the sweep measured."""
     summary: dict[str, dict] = {}
     for model in ("h3", "h3:pure"):
         if model not in sweep:
             continue
         entry: dict[str, object] = {}
-        for length in ISSUE3_SEQ_LENS:
+        for length in H3_VS_LLAMA_SEQ_LENS:
             h3, llama = _find(sweep, model, "train", length), _find(sweep, "llama", "train", length)
             mamba = _find(sweep, "mamba", "train", length)
             entry[f"train_T{length}"] = None if h3 is None else {
@@ -495,11 +495,11 @@ def issue3_summary(sweep: dict) -> dict:
             }
         for stage in DECODE_STAGES:  # each against Llama with the same kind of cache
             prefix = "" if stage == "decode" else "static_"
-            short, long = (_find(sweep, model, stage, length) for length in ISSUE3_PROMPT_LENS)
-            llama_long = _find(sweep, "llama", stage, ISSUE3_PROMPT_LENS[1])
+            short, long = (_find(sweep, model, stage, length) for length in H3_VS_LLAMA_PROMPT_LENS)
+            llama_long = _find(sweep, "llama", stage, H3_VS_LLAMA_PROMPT_LENS[1])
             if short and long:
                 entry[f"{prefix}decode_ms_per_token"] = {str(length): r["ms_per_token"] for length, r in
-                                                         zip(ISSUE3_PROMPT_LENS, (short, long))}
+                                                         zip(H3_VS_LLAMA_PROMPT_LENS, (short, long))}
                 entry[f"{prefix}decode_long_over_short"] = long["ms_per_token"] / short["ms_per_token"]
                 if llama_long:
                     entry[f"{prefix}llama_over_h3_ms_per_token_at_long_prompt"] = (
@@ -574,30 +574,31 @@ def markdown_report(results: dict) -> str:
             _table(sweep, "decode", prompt_lens, "prefill_seconds", lambda v: f"{v:.3f}", "Prefill, seconds"),
             _table(sweep, "decode", prompt_lens, "peak_memory_bytes", _mib, "generate(), peak memory (MiB)"),
         ]
-    for model, entry in results.get("summary_issue3", {}).items():
+    for model, entry in results.get("summary_h3_vs_llama", {}).items():
         train = ", ".join(
             f"T={length}: {figures['vs_llama']:.2f}x Llama" if figures and figures["vs_llama"] else f"T={length}: -"
-            for length, figures in ((n, entry[f"train_T{n}"]) for n in ISSUE3_SEQ_LENS)
+            for length, figures in ((n, entry[f"train_T{n}"]) for n in H3_VS_LLAMA_SEQ_LENS)
         )
         decodes = []
         for prefix, label in (("", "dynamic cache"), ("static_", "static cache")):
             if f"{prefix}decode_long_over_short" not in entry:
                 continue
-            text = (f"{label}: {entry[f'{prefix}decode_long_over_short']:.2f}x from a {ISSUE3_PROMPT_LENS[0]}- to a "
-                    f"{ISSUE3_PROMPT_LENS[1]}-token prompt")
+            short, long = H3_VS_LLAMA_PROMPT_LENS
+            text = (f"{label}: {entry[f'{prefix}decode_long_over_short']:.2f}x from a {short}- to a {long}-token "
+                    "prompt")
             if f"{prefix}llama_over_h3_ms_per_token_at_long_prompt" in entry:
-                text += (f", Llama / {model} per token at {ISSUE3_PROMPT_LENS[1]}: "
+                text += (f", Llama / {model} per token at {H3_VS_LLAMA_PROMPT_LENS[1]}: "
                          f"{entry[f'{prefix}llama_over_h3_ms_per_token_at_long_prompt']:.2f}x")
             decodes.append(text)
         decode = "; ".join(decodes) or "-"
         per_token = entry["forward_peak_memory_bytes_per_token"]
         memory = ", ".join(f"T={n}: {v / 1024:.1f} KiB" for n, v in per_token.items())
-        parts += [f"**{model} (issue 3)**: training tokens/s {train}. Decode ms/token {decode}. Forward peak memory "
-                  f"per token: {memory or '-'}.", ""]
+        parts += [f"**{model} against Llama**: training tokens/s {train}. Decode ms/token {decode}. Forward peak "
+                  f"memory per token: {memory or '-'}.", ""]
     energy = results.get("energy")
     if energy:
         parts += [
-            f"**Energy attention overhead (issue 2)**: `{ENERGY_MODEL}` at lambda=0.1 against lambda=0, "
+            f"**Energy attention overhead**: `{ENERGY_MODEL}` at lambda=0.1 against lambda=0, "
             f"forward+backward; best of {results['settings']['repeats']} interleaved repetitions each, in brackets "
             "the median and range of the per-repetition ratios. Training step (forward, backward, AdamW) tokens/s "
             "against the matched Llama, best of the same repetitions.",
@@ -751,7 +752,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       "peak_flops": peak}, log)
         add_llama_ratios(sweep)
         results["sweep"] = sweep
-        results["summary_issue3"] = issue3_summary(sweep)
+        results["summary_h3_vs_llama"] = h3_vs_llama_summary(sweep)
     if "energy" in args.sections:
         log(f"energy overhead: {ENERGY_MODEL} lambda=0.1 vs lambda=0, and vs llama")
         results["energy"] = run_energy({**task, "energy_seq_lens": args.energy_seq_lens}, log)

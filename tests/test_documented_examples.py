@@ -1,0 +1,125 @@
+"""Every example command in README.md and in the scripts' docstrings runs as written, at tiny size.
+
+The commands are read from the documents themselves (indented or back-quoted lines that start with `python scripts/`,
+`accelerate launch` or an environment assignment before them; a trailing backslash continues a command). Each runs
+in a temporary folder (so `outputs/...` lands there), offline, with flags appended that shrink it (the last value of
+a repeated flag wins): fewer steps, tiny presets, fewer examples. The main job runs first, since the other examples
+use the folders it writes. The benchmark commands of the README record measurements that take minutes to hours; for
+them the test checks that the benchmark script accepts the command's arguments.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import PYTHON, subprocess_env
+from tests.script_helpers import REPO_ROOT, SCRIPTS, load_script
+
+DOCUMENTS = [REPO_ROOT / "README.md", *sorted(SCRIPTS.glob("*.py"))]
+COMMAND_START = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:python scripts/|accelerate launch )")
+
+# Appended to each example of a script: tiny sizes and step counts that keep every stage of it.
+SHRINK = {
+    "main_job.py": "--preset tiny --pretrain_steps 2 --max_train_chars 200000 --finetune_epochs 1 "
+                   "--listops_train_size 64",
+    "pretrain.py": "--preset tiny --max_steps 2 --max_train_chars 20000 --seq_len 32 --vocab_size 300 "
+                   "--per_device_train_batch_size 2 --max_eval_samples 4 --logging_steps 1",
+    "finetune_classification.py": "--max_steps 2 --listops_train_size 32 --listops_validation_size 16 "
+                                  "--listops_test_size 0 --per_device_train_batch_size 8 --save_strategy no",
+    "generate.py": "--max_new_tokens 4",
+    "push_to_hub.py": "--dry_run",  # nothing is sent from a test
+}
+BENCHMARKS = {"speed.py", "quality.py", "interleaved_train.py"}
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(document name, command) for every example command, in document order."""
+    found = []
+    for document in DOCUMENTS:
+        lines = document.read_text().splitlines()
+        pending = ""
+        for line in lines:
+            text = line.strip().strip("`")
+            if pending:
+                pending += " " + text.removesuffix("\\").strip()
+                if not text.endswith("\\"):
+                    found.append((document.name, pending))
+                    pending = ""
+                continue
+            for candidate in [*re.findall(r"`([^`]+)`", line), text]:
+                candidate = candidate.split(" && ")[-1].strip()  # the README's "pip install ... && python ..."
+                if COMMAND_START.match(candidate):
+                    if candidate.endswith("\\"):
+                        pending = candidate.removesuffix("\\").strip()
+                    else:
+                        found.append((document.name, candidate))
+                    break
+    return list(dict.fromkeys(found))
+
+
+COMMANDS = documented_commands()
+
+
+def script_of(command: str) -> str:
+    return next(word for word in shlex.split(command) if word.endswith(".py")).split("/")[-1]
+
+
+def test_the_documents_have_examples_of_every_script():
+    documented = {script_of(command) for _, command in COMMANDS}
+    assert set(SHRINK) <= documented and "speed.py" in documented
+
+
+def run(command: str, cwd) -> subprocess.CompletedProcess:
+    words = shlex.split(command)
+    env = subprocess_env()
+    while "=" in words[0]:
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    if words[0] == "python":
+        words[0] = PYTHON
+    elif words[:2] == ["accelerate", "launch"]:
+        words = [PYTHON, "-m", "accelerate.commands.launch", *words[2:]]
+    words += shlex.split(SHRINK[script_of(command)])
+    return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with `scripts/` linked in, after the documented main job ran there at tiny size."""
+    folder = tmp_path_factory.mktemp("examples")
+    (folder / "scripts").symlink_to(SCRIPTS, target_is_directory=True)
+    main_job = [command for _, command in COMMANDS if script_of(command) == "main_job.py"]
+    assert main_job, "the README documents the main job"
+    for command in main_job:
+        result = run(command, folder)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return folder
+
+
+@pytest.mark.parametrize("document, command", [
+    pytest.param(document, command, id=f"{document}: {command[:70]}") for document, command in COMMANDS
+    if script_of(command) in SHRINK and script_of(command) != "main_job.py"])
+def test_documented_command_runs(workdir, document, command):
+    if "multi_gpu.yaml" in command and torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    result = run(command, workdir)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def test_main_job_wrote_the_folders_the_examples_use(workdir):
+    for name in ("hamiltonian_transformer", "h3", "listops"):
+        assert (workdir / "outputs" / "main_job" / name / "config.json").is_file()
+    assert (workdir / "outputs" / "main_job" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("command", [command for _, command in COMMANDS if script_of(command) in BENCHMARKS])
+def test_documented_benchmark_command_parses(command, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS / "bench"))
+    module = load_script(f"bench/{script_of(command).removesuffix('.py')}")
+    words = shlex.split(command)
+    module.parse_args(words[words.index(next(w for w in words if w.endswith(".py"))) + 1:])

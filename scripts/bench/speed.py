@@ -58,7 +58,13 @@ from measure import (
 )
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from hamiltonian_transformer.energy_attention import energy_attention
+from hamiltonian_transformer.energy_attention import (
+    augment_keys,
+    augment_queries,
+    cache_width,
+    energy_attention,
+    pad_values,
+)
 
 # Quick mode runs one thread: tiny models' ops are dominated by thread synchronisation, and a two-thread pool stalls
 # whenever another process holds a core of a shared machine.
@@ -368,8 +374,13 @@ def _paired(first: list[float], second: list[float]) -> dict:
 
 
 def _attention_op(qkv: tuple[torch.Tensor, ...], c: float, penalty: torch.Tensor | None, device: torch.device) -> None:
+    """Forward and backward of the attention op, the augmentation of queries, keys and values included."""
+    query, key, value = qkv
+    width = cache_width(query.shape[-1], penalty is not None)
     with _autocast(device):
-        out = energy_attention(*qkv, c, penalty)
+        out = energy_attention(
+            augment_queries(query, c, penalty, width), augment_keys(key, width), pad_values(value, width)
+        )
     torch.autograd.grad(out.sum(), qkv)
 
 

@@ -8,7 +8,7 @@ Softmax ignores a per-row constant, so the `alpha |q_i|^2` term cancels and
     scores_ij = c <q_i, k_j> - lambda beta |k_j|^2,   c = 1/sqrt(d) - lambda gamma,
 
 which is plain scaled-dot-product attention (scale 1) on the augmented vectors
-`q~ = [c q, -lambda beta, 0...]` and `k~ = [k, |k|^2, 0...]` (zero-padded to a multiple of 8 for the fused kernels).
+`q~ = [c q, -lambda beta]` and `k~ = [k, |k|^2]` (values zero-padded to the same width for the fused kernels).
 The energy term therefore runs through `torch.nn.functional.scaled_dot_product_attention` at the cost of standard
 attention; the literal T x T formula (`energy_attention_ref`) is kept beside it as the reference and as the eager path
 for `output_attentions=True`.
@@ -91,9 +91,10 @@ def entropy_invariant_scale(key_counts: torch.Tensor, base_length: int) -> torch
 
 
 def cache_width(head_dim: int, uses_energy: bool) -> int:
-    """Head width of the keys and values as the attention stores them: d, or d + 1 (the |k|^2 column) rounded up to a
-    multiple of 8 for the fused SDPA kernels when the energy term is on."""
-    return head_dim + 1 + (-(head_dim + 1) % 8) if uses_energy else head_dim
+    """Head width of the keys and values as the attention stores them: d, or d + 1 (the |k|^2 column) when the energy
+    term is on. Not rounded up to a multiple of 8: a decode step copies and reads the whole cache, so every extra
+    column costs time at every token; the fused CPU kernel takes width d + 1 as it is."""
+    return head_dim + 1 if uses_energy else head_dim
 
 
 def augment_keys(key: torch.Tensor, width: int) -> torch.Tensor:
@@ -124,7 +125,8 @@ def augment_queries(query: torch.Tensor, c: torch.Tensor | float, penalty: torch
     if penalty is None:
         return query * c
     penalty_column = (-penalty).to(query.dtype).view(1, -1, 1, 1).expand(*query.shape[:-1], 1)
-    return F.pad(torch.cat([query * c, penalty_column], dim=-1), (0, width - query.shape[-1] - 1))
+    query_aug = torch.cat([query * c, penalty_column], dim=-1)  # (b, h, t, d + 1)
+    return query_aug if width == query_aug.shape[-1] else F.pad(query_aug, (0, width - query_aug.shape[-1]))
 
 
 def energy_attention(
@@ -250,8 +252,8 @@ class EnergyAttention(nn.Module):
     With `energy_lambda=0` (and fixed coefficients) it is ordinary causal attention; the H3 hybrid layers use it so.
     The module holds no state between calls: a caller with a cache passes `cache_update` (its `Cache.update` for this
     attention), which stores the new keys and values and returns the history. The cache holds the keys augmented with
-    their |k|^2 column and the values zero-padded to the same width (`cache_width`: head_dim + 1 rounded up to a
-    multiple of 8 with the energy term on, head_dim without it), so decoding augments and pads only the new token.
+    their |k|^2 column and the values zero-padded to the same width (`cache_width`: head_dim + 1 with the energy term
+    on, head_dim without it), so decoding augments and pads only the new token.
     """
 
     def __init__(

@@ -49,11 +49,11 @@ def sdpa(q, k, v, co, mask=None, entropy=None):
     return out[..., : v.shape[-1]]
 
 
-def test_reduction_folds_energy_into_vectors_padded_to_multiple_of_eight():
+def test_reduction_folds_energy_into_one_extra_column():
     q, k, _ = qkv(5)
     co = coefficients()
     q_aug, k_aug = augment_queries(q, co["c"], co["penalty"], WIDTH), augment_keys(k, WIDTH)
-    assert q_aug.shape[-1] == k_aug.shape[-1] == WIDTH and WIDTH % 8 == 0 and WIDTH >= D + 1
+    assert q_aug.shape[-1] == k_aug.shape[-1] == WIDTH == D + 1
     assert cache_width(D, uses_energy=False) == D
     logits = q_aug @ k_aug.transpose(-1, -2)
     literal = (q @ k.transpose(-1, -2)) / math.sqrt(D) - co["lam"].view(1, H, 1, 1) * (
@@ -168,7 +168,7 @@ def test_cached_keys_are_augmented_once_and_decoding_equals_the_full_pass(energy
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-12)
     assert stored == [4, 1, 1, 1]
     key = torch.cat(keys, dim=-2)
-    assert key.shape[-1] == module.cache_width == (16 if energy_lambda else 8) and values[0].shape[-1] == key.shape[-1]
+    assert key.shape[-1] == module.cache_width == (9 if energy_lambda else 8) and values[0].shape[-1] == key.shape[-1]
     if energy_lambda:
         torch.testing.assert_close(key[..., 8], key[..., :8].square().sum(-1))  # |k|^2 column, written once
 

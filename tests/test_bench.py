@@ -20,6 +20,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH_DIR))
 
 import comparators  # noqa: E402
+import interleaved_decode  # noqa: E402
 import interleaved_train  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
@@ -307,3 +308,14 @@ def test_int_list_argument_types_for_seeds_and_lengths():
         comparators.int_list(positive_sorted=True)("128,0")
     with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
         comparators.int_list()("1,x")
+
+
+def test_interleaved_decode_times_every_model_each_round_from_the_same_prompt_cache():
+    results = interleaved_decode.main(["--models", "hamiltonian:leapfrog,h3:pure,llama", "--preset", "tiny",
+                                       "--prompt_len", "12", "--tokens", "3", "--rounds", "2"])
+    for name in ("hamiltonian:leapfrog", "h3:pure", "llama"):
+        figures = results["models"][name]
+        assert len(figures["round_seconds"]) == 2 and figures["ms_per_token"] > 0
+    assert results["models"]["llama"]["vs_llama"] == 1.0 and results["prompt_len"] == 12
+    with pytest.raises(SystemExit):
+        interleaved_decode.parse_args(["--tokens", "0"])

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from comparators import MODEL_NAMES, ModelShape, build_model, choice_list
@@ -34,6 +35,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def interleaved_rounds(steps: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each `steps[name]()` per timed round; every round calls each model once, in the given order."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_index >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+        print(f"round {round_index}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in seconds.items() if s),
+              file=sys.stderr, flush=True)
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     shape = ModelShape.from_preset(args.preset, max_length=args.seq_len)
@@ -51,15 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
 
         steps[name] = step
-    seconds: dict[str, list[float]] = {name: [] for name in args.models}
-    for round_index in range(2 + args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if round_index >= 2:
-                seconds[name].append(time.perf_counter() - start)
-        print(f"round {round_index}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in seconds.items() if s),
-              file=sys.stderr, flush=True)
+    seconds = interleaved_rounds(steps, args.rounds)
     tokens = args.batch_size * args.seq_len
     reference = "llama" if "llama" in args.models else args.models[-1]
     best = {name: min(values) for name, values in seconds.items()}

@@ -3,7 +3,7 @@
     python scripts/bench/interleaved_decode.py --models hamiltonian:symplectic_euler,llama --prompt_len 4096
 
 As interleaved_train.py does for training steps: each round decodes ``--tokens`` tokens with every model in turn (one
-forward of one token per step, on a fresh copy of the cache the prompt left, the copy not timed), and each model's
+forward of one token per step, on a fresh copy of the cache the prompt left, copied before any timing), and each model's
 figure is its best round, so a slow minute on a shared machine hits all models alike. Reports ms per token and the
 ratio to ``llama`` (or to the last model) as JSON on stdout.
 """
@@ -21,6 +21,8 @@ from interleaved_train import interleaved_rounds
 from measure import machine_info
 
 from hamiltonian_transformer.cache_naming import CACHE_FIELD, output_cache
+
+WARMUP_ROUNDS = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,19 +50,18 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             prefilled = model(input_ids=prompt, use_cache=True)
         cache, first = output_cache(prefilled), prefilled.logits[:, -1:].argmax(-1)
-        copies: list = []
+        # one fresh copy of the prompt's cache per round (warm-up included), made before any timing
+        copies = [copy.deepcopy(cache) for _ in range(WARMUP_ROUNDS + args.rounds)]
 
         @torch.no_grad()
-        def decode(model=model, cache=cache, first=first, copies=copies) -> None:
+        def decode(model=model, first=first, copies=copies) -> None:
             state, token = copies.pop(), first
             for _ in range(args.tokens):
                 out = model(input_ids=token, use_cache=True, **{CACHE_FIELD: state})
                 state, token = output_cache(out), out.logits[:, -1:].argmax(-1)
-            copies.append(copy.deepcopy(cache))  # the next round's cache, made outside its timing
 
-        copies.append(copy.deepcopy(cache))
         runs[name] = decode
-    seconds = interleaved_rounds(runs, args.rounds)
+    seconds = interleaved_rounds(runs, args.rounds, WARMUP_ROUNDS)
     reference = "llama" if "llama" in args.models else args.models[-1]
     best = {name: 1e3 * min(values) / args.tokens for name, values in seconds.items()}  # ms per token
     arguments = sys.argv[1:] if argv is None else argv

@@ -50,7 +50,6 @@ reported only with the commit that the Hub returned. The repository itself may h
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 from collections.abc import Callable, Iterable
@@ -82,6 +81,8 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.utils.hub import convert_file_size_to_int
+
+from .run_outputs import EVAL_RESULTS_FILE, TRAINING_ARGS_FILE, perplexity
 
 # Files above 5 GB cannot go to S3 in one PUT and resume badly; it was transformers' default shard size up to 4.x.
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -216,7 +217,7 @@ def load_checkpoint(checkpoint_dir: str | Path, trust_remote_code: bool = False)
 def read_run_metadata(checkpoint_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """`eval_results.json` and `training_args.json` from the folder ({} when absent)."""
     out = []
-    for name in ("eval_results.json", "training_args.json"):
+    for name in (EVAL_RESULTS_FILE, TRAINING_ARGS_FILE):
         path = Path(checkpoint_dir) / name
         if not path.is_file():
             out.append({})
@@ -237,7 +238,7 @@ def eval_metrics(eval_results: dict[str, Any], causal_lm: bool) -> dict[str, flo
     if isinstance(eval_results.get("perplexity"), (int, float)):
         metrics["perplexity"] = float(eval_results["perplexity"])
     elif causal_lm and isinstance(eval_results.get("eval_loss"), (int, float)):
-        metrics["perplexity"] = math.exp(eval_results["eval_loss"])
+        metrics["perplexity"] = perplexity(eval_results["eval_loss"])
     for key, value in eval_results.items():
         if key.startswith("eval_") and key not in NOT_METRICS and isinstance(value, (int, float)):
             metrics["loss" if key == "eval_loss" else key.removeprefix("eval_")] = float(value)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from hamiltonian_transformer.data.synthetic import (
     multi_query_associative_recall,
 )
 from hamiltonian_transformer.optimization import parameter_groups
+from hamiltonian_transformer.run_outputs import perplexity
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FINETUNE_SCRIPT = REPO_ROOT / "scripts" / "finetune_classification.py"
@@ -129,7 +129,7 @@ def evaluate_perplexity(model, blocks: torch.Tensor, batch_size: int) -> float:
         logits = model(input_ids=batch[:, :-1], use_cache=False).logits
         total_nll += F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum").item()
         total_tokens += batch[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
+    return perplexity(total_nll / total_tokens)
 
 
 def summarize(values: list[float]) -> dict[str, object]:

@@ -51,3 +51,17 @@ def check_number(
 def check_divides(field: str, value: int, divisor_field: str, divisor: int) -> None:
     if value % divisor != 0:
         raise ValueError(f"`{field}`={value} must be divisible by `{divisor_field}`={divisor}.")
+
+
+class ValidatedConfig:
+    """Mixin of the family's configs: `validate()` runs the config's own `_check_and_derive()`, then transformers'."""
+
+    def validate(self) -> None:
+        """Check every field, recompute the derived ones, then run transformers' own config checks.
+
+        Raises a `ValueError` naming the field, its value and what is allowed. Idempotent and cheap (no tensors):
+        construction runs the same checks, and the models run this when they are built, so a field changed after
+        construction cannot build a broken model.
+        """
+        self._check_and_derive()
+        super().validate()

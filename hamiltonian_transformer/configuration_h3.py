@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .config_checks import check_bool, check_choice, check_divides, check_int, check_number
+from .config_checks import ValidatedConfig, check_bool, check_choice, check_divides, check_int, check_number
 from .energy_settings import EnergySettings
 from .presets import PresetMixin
 from .ssm import DISCRETIZATIONS, SSM_INITS
 
 
-class H3Config(PresetMixin, EnergySettings, PreTrainedConfig):
+class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
     r"""
     Configuration of an [`H3Model`]: pre-norm blocks of (H3 mixer or attention) + MLP. The layers listed in
     `attn_layer_idx` are the family's attention (`EnergyAttention`, rotary positions, lambda = 0 by default, so plain
@@ -101,16 +101,6 @@ class H3Config(PresetMixin, EnergySettings, PreTrainedConfig):
             self.shift_kernel_size = self.d_state
         self._check_and_derive()
         super().__post_init__(**kwargs)
-
-    def validate(self) -> None:
-        """Check every field, recompute the derived ones, then run transformers' own config checks.
-
-        Raises a `ValueError` naming the field, its value and what is allowed. Idempotent and cheap (no tensors):
-        construction runs the same checks, and the models run this when they are built, so a field changed after
-        construction cannot build a broken model.
-        """
-        self._check_and_derive()
-        super().validate()
 
     @property
     def attention_head_dim(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from .config_checks import check_bool, check_choice, check_divides, check_int, check_number
+from .config_checks import ValidatedConfig, check_bool, check_choice, check_divides, check_int, check_number
 from .energy_settings import EnergySettings
 from .integrators import INTEGRATORS
 from .presets import PresetMixin
@@ -12,7 +12,7 @@ from .presets import PresetMixin
 INITIAL_MOMENTA = ("zero", "learned")
 
 
-class HamiltonianTransformerConfig(PresetMixin, EnergySettings, PreTrainedConfig):
+class HamiltonianTransformerConfig(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
     r"""
     Configuration of a [`HamiltonianTransformerModel`]: energy-penalised attention inside a two-stream (q, p)
     symplectic integrator. Positions are rotary (RoPE): rotations keep `|k|`, so the energy term is unchanged by them.
@@ -89,16 +89,6 @@ class HamiltonianTransformerConfig(PresetMixin, EnergySettings, PreTrainedConfig
     def __post_init__(self, **kwargs):
         self._check_and_derive()
         super().__post_init__(**kwargs)
-
-    def validate(self) -> None:
-        """Check every field, recompute the derived ones, then run transformers' own config checks.
-
-        Raises a `ValueError` naming the field, its value and what is allowed. Idempotent and cheap (no tensors):
-        construction runs the same checks, and the models run this when they are built, so a field changed after
-        construction cannot build a broken model.
-        """
-        self._check_and_derive()
-        super().validate()
 
     @property
     def head_dim(self) -> int:

@@ -24,11 +24,15 @@ _Function = TypeVar("_Function", bound=Callable[..., Any])
 
 
 def accepts_past_key_values(function: _Function) -> _Function:
-    """Accept the pre-5.24 keyword `past_key_values` for `cache`: with a FutureWarning where transformers has renamed
-    it (as its own models do), silently where the installed transformers still uses the old name itself."""
+    """Accept the pre-5.24 keyword `past_key_values` (and Mamba's `cache_params`) for `cache`: with a FutureWarning
+    where transformers has renamed it (as its own models do), silently where the installed transformers still uses
+    the old name itself."""
     # deprecate_kwarg stays silent once the installed release is at or past `version`.
     version = "5.40.0" if CACHE_FIELD == "cache" else "5.0.0"
     wrapped = deprecate_kwarg("past_key_values", version, new_name="cache")(function)
+    # transformers' own outputs and models also accept Mamba's old name; without this, `cache_params=` would fall
+    # into **kwargs and the model would run without its cache, silently.
+    wrapped = deprecate_kwarg("cache_params", version, new_name="cache")(wrapped)
     # generate() checks its keyword arguments against this signature: list the old name too, so that
     # `generate(..., past_key_values=cache)` is accepted on releases that still spell it so.
     signature = inspect.signature(function)

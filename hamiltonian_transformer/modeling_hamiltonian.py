@@ -328,7 +328,8 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
             for layer in self.layers:
                 if output_hidden_states:
                     all_hidden_states.append(q)
-                q, p = record(layer(q, p, **layer_kwargs, cache=cache))
+                # reentrant activation checkpointing hands back a plain tuple: rebuild the named one
+                q, p = record(LayerOutput(*layer(q, p, **layer_kwargs, cache=cache)))
         energies = None
         if output_energies:
             energies = {

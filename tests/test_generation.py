@@ -199,6 +199,11 @@ def test_old_cache_keyword_gives_the_same_result_and_warns_where_transformers_re
         warnings.simplefilter("always")
         old_name = model(ids[:, 5:], past_key_values=output_cache(prefix), use_cache=True).logits
     assert torch.equal(new_name, old_name)
+    prefix = model(ids[:, :5], use_cache=True)
+    with warnings.catch_warnings(record=True):  # Mamba's old name: taken as the cache, never dropped into **kwargs
+        warnings.simplefilter("always")
+        mamba_name = model(ids[:, 5:], cache_params=output_cache(prefix), use_cache=True).logits
+    assert torch.equal(new_name, mamba_name)
     deprecations = [w for w in caught if issubclass(w.category, FutureWarning) and "past_key_values" in str(w.message)]
     if CACHE_FIELD == "cache":  # transformers >= 5.24: deprecated there, so deprecated here, the same way
         assert deprecations and "Use `cache` instead" in str(deprecations[0].message)

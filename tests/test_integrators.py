@@ -84,12 +84,16 @@ def test_reversible_gradients_equal_stored_activation_gradients_with_dropout(int
     assert not torch.allclose(stored(ids, attention_mask=mask, labels=ids).loss, losses[0])
 
 
-def test_gradient_checkpointing_gives_same_gradients():
-    config = HamiltonianTransformerConfig.from_preset("tiny")
+@pytest.mark.parametrize("integrator", ["symplectic_euler", "leapfrog"])
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_same_gradients(integrator, use_reentrant):
+    """Reentrant checkpointing passes the layer's outputs through an autograd Function, which returns them as a
+    plain tuple: the model must not rely on the named one."""
+    config = HamiltonianTransformerConfig.from_preset("tiny", integrator=integrator)
     plain = HamiltonianTransformerForCausalLM(config).train()
     checkpointed = HamiltonianTransformerForCausalLM(config).train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.activation_checkpointing_enable()
+    checkpointed.activation_checkpointing_enable({"use_reentrant": use_reentrant})
     ids = torch.randint(0, 99, (2, 8))
     for model in (plain, checkpointed):
         model(ids, labels=ids).loss.backward()

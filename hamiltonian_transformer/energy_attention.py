@@ -36,7 +36,6 @@ from transformers import initialization as init
 from .layers import apply_rotary
 
 ATTENTION_SCALES = ("standard", "entropy_invariant")
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
 CacheUpdate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """(new keys, new values) (b, h, t, w) -> (all keys, all values) (b, h, s, w): a transformers `Cache.update` bound to

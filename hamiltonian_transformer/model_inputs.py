@@ -29,12 +29,12 @@ def check_model_inputs(
         raise ValueError(
             f"`inputs_embeds` must have shape (batch, sequence, hidden), got {tuple(inputs_embeds.shape)}."
         )
-    name = "input_ids" if input_ids is not None else "inputs_embeds"
-    shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:2])
+    name, tokens = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+    shape = tuple(tokens.shape[:2])
     if 0 in shape:
         raise ValueError(
-            f"`{name}` has shape {tuple((input_ids if input_ids is not None else inputs_embeds).shape)}: an empty "
-            f"{'batch' if shape[0] == 0 else 'sequence'}; pass at least one sequence of at least one token."
+            f"`{name}` has shape {tuple(tokens.shape)}: an empty {'batch' if shape[0] == 0 else 'sequence'}; pass at "
+            "least one sequence of at least one token."
         )
     total = past_length + shape[1]
     if attention_mask is not None and tuple(attention_mask.shape) != (shape[0], total):

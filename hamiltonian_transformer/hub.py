@@ -1,6 +1,6 @@
 """Publish a checkpoint folder to the Hugging Face Hub in one commit, with a model card filled from the training run.
 
-`push_checkpoint` is what `scripts/push_to_hub.py` and `scripts/pretrain.py --push_to_hub` call. It works for any
+`push_checkpoint` is what `scripts/push_to_hub.py` and the training scripts' `--push_to_hub` call. It works for any
 folder that `AutoConfig` / `AutoModel*` load (this family's models, or any transformers model), in four steps:
 
 1. Check, before any network call, that the folder loads: `AutoConfig`, then the Auto class for its
@@ -22,6 +22,10 @@ folder that `AutoConfig` / `AutoModel*` load (this family's models, or any trans
    `create_commit` holding every file, plus deletions of weight files left on the branch by an earlier push that the
    new weights replace (a stale `model.safetensors` next to a new sharded index would be loaded instead of it).
 
+`write_model_card` renders the same card into a folder's own `README.md` (the training scripts call it when they save
+the final model), so that a folder is complete before it is pushed: read as it is, or uploaded by another tool. It
+loads the model by the folder's path, or by the Hub id it is given; a push renders the card again for its repository.
+
 Run metadata read from the checkpoint folder (both optional; other keys are ignored by the card but the files are
 uploaded as they are):
 
@@ -38,7 +42,10 @@ uploaded as they are):
                          script's arguments); the card shows the keys in `HYPERPARAMETER_KEYS`, takes `dataset` /
                          `dataset_name`, `dataset_config` / `dataset_config_name` and `train_tokens` when
                          eval_results.json lacks them, and `base_model` / `model_name_or_path` as the model this one
-                         was fine-tuned from when it is a Hub id rather than a local folder.
+                         was fine-tuned from (in the metadata when it is a Hub id, in the text only when
+                         it is a local folder); `steps`, `max_steps` and `stop_reason` (`run_outputs.RunProgress`)
+                         say how far training went, and the card says so plainly when a run stopped before its
+                         planned steps.
 
 Failures and what they leave behind: everything that can be checked locally (token present, checkpoint loads, card
 renders, sizes parse) is checked before the first request. On the Hub a commit is atomic: LFS files uploaded before a
@@ -80,9 +87,10 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
+from transformers.utils import logging as transformers_logging
 from transformers.utils.hub import convert_file_size_to_int
 
-from .run_outputs import EVAL_RESULTS_FILE, TRAINING_ARGS_FILE, perplexity
+from .run_outputs import EVAL_RESULTS_FILE, TRAINING_ARGS_FILE, RunProgress, perplexity
 
 # Files above 5 GB cannot go to S3 in one PUT and resume badly; it was transformers' default shard size up to 4.x.
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -264,9 +272,11 @@ def render_card(config: PretrainedConfig, repo_id: str, eval_results: dict[str, 
                       or training_args.get("dataset_config_name"))
     split = eval_results.get("dataset_split")
     train_tokens = eval_results.get("train_tokens") or training_args.get("train_tokens")
-    base_model = training_args.get("base_model") or training_args.get("model_name_or_path")
-    base_model = base_model if _is_hub_id(base_model) else None
+    fine_tuned_from = training_args.get("base_model") or training_args.get("model_name_or_path")
+    # Only a Hub id goes into the metadata (and gets a link); a local folder is named in the text.
+    base_model = fine_tuned_from if _is_hub_id(fine_tuned_from) else None
     has_remote_code = bool(getattr(config, "auto_map", None))
+    progress = RunProgress.from_metadata(training_args)
 
     # The Hub's model-index needs a dataset for every result; without one the metrics stay in the text only.
     eval_entries = [
@@ -303,9 +313,14 @@ def render_card(config: PretrainedConfig, repo_id: str, eval_results: dict[str, 
         "dataset_split": split,
         "train_tokens": f"{int(train_tokens):,}" if train_tokens else None,
         "base_model": base_model,
+        "local_base_model": None if base_model else fine_tuned_from,
         "metrics": [(name.replace("_", " "), f"{value:.4g}") for name, value in metrics.items()],
         "hyperparameters": [(key, _compact(training_args[key])) for key in HYPERPARAMETER_KEYS
                             if key in training_args],
+        "steps": progress.steps if progress else None,
+        "planned_steps": progress.max_steps if progress else None,
+        "cut_short": bool(progress and progress.cut_short),
+        "stop_reason": (progress.stop_reason or "stopped before the planned steps") if progress else None,
         "license": license,
     }
     if model_type not in CARD_TEMPLATES:
@@ -339,6 +354,38 @@ def _default_template_values(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def checkpoint_card(folder: Path, model: PreTrainedModel, model_id: str, *,
+                    template_dir: str | Path = MODEL_CARDS_DIR, license: str = DEFAULT_LICENSE) -> ModelCard:
+    """The card of a checkpoint folder whose model is loaded (`load_checkpoint`), with its run metadata."""
+    eval_results, training_args = read_run_metadata(folder)
+    has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
+    return render_card(model.config, model_id, eval_results, training_args, model.num_parameters(), has_tokenizer,
+                       template_dir, license=license)
+
+
+def write_model_card(checkpoint_dir: str | Path, model_id: str | None = None, *,
+                     template_dir: str | Path = MODEL_CARDS_DIR, license: str = DEFAULT_LICENSE,
+                     trust_remote_code: bool = False) -> Path:
+    """Render the card into ``checkpoint_dir/README.md`` and return that path.
+
+    ``model_id`` is what the card's examples load: the Hub id the folder will have, or by default the folder's path.
+    The folder is loaded first, as for a push, so a folder that would not load gets no card (`CheckpointError`).
+    """
+    folder = Path(checkpoint_dir)
+    # The load is only a check and a parameter count: its progress bar would be noise in a training run's output.
+    progress_bar = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        model = load_checkpoint(folder, trust_remote_code=trust_remote_code)
+    finally:
+        if progress_bar:
+            transformers_logging.enable_progress_bar()
+    card = checkpoint_card(folder, model, model_id or folder.as_posix(), template_dir=template_dir, license=license)
+    path = folder / "README.md"
+    path.write_text(str(card))
+    return path
+
+
 def plan_push(checkpoint_dir: str | Path, repo_id: str, *, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
               template_dir: str | Path = MODEL_CARDS_DIR, license: str = DEFAULT_LICENSE,
               trust_remote_code: bool = False) -> PushPlan:
@@ -348,7 +395,6 @@ def plan_push(checkpoint_dir: str | Path, repo_id: str, *, max_shard_size: int |
         raise CheckpointError(f"repo_id={repo_id!r} must be NAMESPACE/NAME, e.g. your-user/ht-tiny")
     max_bytes = parse_max_shard_size(max_shard_size)
     model = load_checkpoint(folder, trust_remote_code=trust_remote_code)
-    eval_results, training_args = read_run_metadata(folder)
 
     files, notes = {}, []
     for path in sorted(folder.iterdir()):
@@ -373,12 +419,10 @@ def plan_push(checkpoint_dir: str | Path, repo_id: str, *, max_shard_size: int |
         weights = [path for path in weights if path.suffix == ".safetensors" or path.name == SAFETENSORS_INDEX]
     files |= {path.name: path for path in weights}
 
-    has_tokenizer = any(name in files for name in TOKENIZER_FILES)
-    if not has_tokenizer:
+    if not any(name in files for name in TOKENIZER_FILES):
         notes.append("the checkpoint has no tokenizer files: users will need the tokenizer from elsewhere")
     try:
-        card = render_card(model.config, repo_id, eval_results, training_args, model.num_parameters(),
-                           has_tokenizer, template_dir, license=license)
+        card = checkpoint_card(folder, model, repo_id, template_dir=template_dir, license=license)
     except Exception:
         if workdir is not None:
             workdir.cleanup()

@@ -471,3 +471,37 @@ def test_base_model_that_is_a_local_folder_is_not_put_in_the_metadata(tmp_path):
                            {"model_name_or_path": str(tmp_path)}, num_parameters=10, has_tokenizer=False)
     assert "base_model" not in yaml.safe_load(str(card).split("---\n")[1])
     assert "No evaluation results were recorded" in str(card)
+
+
+@pytest.mark.parametrize("progress, says", [
+    ({"steps": 90, "max_steps": 450, "stop_reason": "--max_train_minutes 7.0 reached"},
+     "**Training was cut short**: 90 of the 450 planned optimizer steps ran (--max_train_minutes 7.0 reached)"),
+    ({"steps": 450, "max_steps": 450, "stop_reason": None}, "Training ran all 450 planned optimizer steps."),
+])
+def test_card_says_whether_training_ran_its_planned_steps(progress, says):
+    card = hub.render_card(fake_config("h3", "H3ForCausalLM"), "alice/model", {"dataset": "wikitext"}, progress,
+                           num_parameters=10, has_tokenizer=False)
+    text = " ".join(str(card).split())
+    assert says in text
+    assert ("cut short" in text) == (progress["steps"] < progress["max_steps"])
+
+
+def test_card_names_a_local_base_model_in_the_text_only(tmp_path):
+    card = hub.render_card(fake_config("h3", "H3ForSequenceClassification"), "alice/model", {},
+                           {"model_name_or_path": str(tmp_path)}, num_parameters=10, has_tokenizer=False)
+    assert f"Fine-tuned from the local checkpoint `{tmp_path}`" in " ".join(str(card).split())
+
+
+def test_written_card_is_the_pushed_card_of_the_folder_loaded_by_its_path(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "with-card"
+    folder.mkdir()
+    for path in tiny_checkpoint.path.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    written = hub.write_model_card(folder).read_text()
+    assert written.startswith("---\n") and f'from_pretrained("{folder.as_posix()}")' in written
+    plan = hub.plan_push(folder, "alice/with-card")
+    try:
+        assert "README.md" not in plan.files  # the push renders its own, for the repository
+        assert str(plan.card) == hub.write_model_card(folder, "alice/with-card").read_text()
+    finally:
+        plan.cleanup()

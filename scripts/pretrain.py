@@ -13,10 +13,13 @@ Data: the embedded Python-standard-library corpus by default (no download), or -
 byte-level BPE of --vocab_size tokens is trained on the training text and saved in --output_dir. Documents are
 packed into blocks of --seq_len tokens separated by EOS.
 
---output_dir ends up holding a folder that `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained`
-load (weights, config, generation config, tokenizer, training_args.json, eval_results.json, training_log.jsonl) and
-the checkpoints `checkpoint-N/` written atomically every --checkpointing_steps optimizer steps;
-`--resume_from_checkpoint latest` continues from the newest complete one (same data order, RNG and schedule).
+--output_dir ends up holding a Hub-ready folder that `AutoModelForCausalLM.from_pretrained` /
+`AutoTokenizer.from_pretrained` load (weights, config, generation config, tokenizer, the model card README.md,
+training_args.json with the steps done and planned, eval_results.json, training_log.jsonl; no pickle) and the
+checkpoints `checkpoint-N/` (optimizer, scheduler and RNG state: sub-folders, which `push_to_hub` does not upload)
+written atomically every --checkpointing_steps optimizer steps; `--resume_from_checkpoint latest` continues from the
+newest complete one (same data order, RNG and schedule). Training runs --max_steps (or --num_train_epochs) unless
+the opt-in --max_train_minutes stops it first, which the log, training_args.json and the card then say.
 A setup problem (bad flag combination, unknown preset or config key, seq_len above the model's limit, missing text
 column, empty corpus, half precision on a device without it) stops the run with one line on stderr and exit code 1.
 """
@@ -92,8 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
     train.add_argument("--num_train_epochs", type=float, default=1.0)
     train.add_argument("--max_train_minutes", type=float, default=None,
-                       help="stop at the first logging step after this much training time (the learning-rate "
-                            "schedule still spans --max_steps); a wall-clock cap for time-boxed runs")
+                       help="opt-in wall-clock cap for time-boxed runs: stop at the first logging step after this "
+                            "much training time (the learning-rate schedule still spans --max_steps); a run it stops "
+                            "early is recorded as cut short")
     train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
                        help="default: the accelerate config's, else no")
     train.add_argument("--seed", type=int, default=42)
@@ -335,7 +339,7 @@ def train(args: argparse.Namespace, run: PretrainingRun) -> int:
 
     from hamiltonian_transformer.checkpoints import prune_checkpoints, read_checkpoint_progress, save_checkpoint
     from hamiltonian_transformer.hub import CheckpointError, HubPushError, push_checkpoint
-    from hamiltonian_transformer.run_outputs import json_ready, perplexity, save_final_model
+    from hamiltonian_transformer.run_outputs import RunProgress, json_ready, perplexity, save_final_model
     from hamiltonian_transformer.training import evaluate_causal_lm
 
     accelerator, model, optimizer, scheduler = run.accelerator, run.model, run.optimizer, run.scheduler
@@ -415,9 +419,10 @@ def train(args: argparse.Namespace, run: PretrainingRun) -> int:
         if step < max_steps and not out_of_time:
             epoch += 1
     bar.close()
-    if out_of_time:
-        accelerator.print(f"stopped at step {step} of {max_steps}: --max_train_minutes {args.max_train_minutes} "
-                          "reached")
+    steps_done = RunProgress(step, max_steps, f"--max_train_minutes {args.max_train_minutes} reached" if out_of_time
+                             else None)
+    if steps_done.cut_short:
+        accelerator.print(f"stopped at step {step} of {max_steps}: {steps_done.stop_reason}")
 
     eval_loss = evaluate_causal_lm(model, eval_loader, accelerator)
     batches_per_process = gather_object([batches_run])
@@ -426,8 +431,9 @@ def train(args: argparse.Namespace, run: PretrainingRun) -> int:
     eval_results = {"eval_loss": eval_loss, "perplexity": perplexity(eval_loss), "dataset": dataset_name,
                     "dataset_config": args.dataset_config, "dataset_split": "validation", "train_tokens": tokens}
     training_args = {**vars(args), "total_batch_size": total_batch, "num_processes": accelerator.num_processes,
-                     "max_steps": max_steps, "steps": step}
-    save_final_model(accelerator, model, run.tokenizer, args.output_dir, training_args, eval_results)
+                     **steps_done.as_metadata()}
+    save_final_model(accelerator, model, run.tokenizer, args.output_dir, training_args, eval_results,
+                     model_id=args.hub_model_id)
     accelerator.end_training()
     accelerator.print(f"validation loss {eval_loss:.4f}, perplexity {perplexity(eval_loss):.2f}; "
                       f"model saved to {args.output_dir}")

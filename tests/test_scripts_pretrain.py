@@ -200,7 +200,9 @@ def test_time_cap_stops_at_the_first_logging_step_past_it_and_still_saves(tmp_pa
     assert "stopped at step 3 of 50: --max_train_minutes" in capsys.readouterr().out
     losses, final = read_log(output_dir)
     assert len(losses) == 1 and final["step"] == 3
-    assert json.loads((output_dir / "training_args.json").read_text())["steps"] == 3
+    recorded = json.loads((output_dir / "training_args.json").read_text())
+    assert (recorded["steps"], recorded["max_steps"]) == (3, 50) and "max_train_minutes" in recorded["stop_reason"]
+    assert "**Training was cut short**: 3 of the 50 planned" in (output_dir / "README.md").read_text()
     assert AutoModelForCausalLM.from_pretrained(output_dir).config.model_type == "hamiltonian_transformer"
 
 

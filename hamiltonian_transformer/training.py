@@ -37,7 +37,8 @@ def evaluate_causal_lm(model: torch.nn.Module, dataloader: Iterable[dict[str, to
 class TimeLimitCallback(TrainerCallback):
     """Stop `Trainer` training once `minutes` of training time have passed (checked after every optimizer step).
 
-    Under several processes the decision is all-reduced, so that every rank stops at the same step.
+    Under several processes the decision is all-reduced, so that every rank stops at the same step. `stopped_at_step`
+    is the step it stopped training at (None while it has not), for the run's record.
     """
 
     def __init__(self, minutes: float):
@@ -45,9 +46,11 @@ class TimeLimitCallback(TrainerCallback):
             raise ValueError(f"the training time limit must be positive, got {minutes} minutes")
         self.seconds = 60 * minutes
         self.start = time.perf_counter()
+        self.stopped_at_step: int | None = None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self.start = time.perf_counter()
+        self.stopped_at_step = None
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         time_up = torch.tensor(float(time.perf_counter() - self.start > self.seconds), device=args.device)
@@ -55,3 +58,4 @@ class TimeLimitCallback(TrainerCallback):
             torch.distributed.all_reduce(time_up, op=torch.distributed.ReduceOp.MAX)
         if time_up.item() > 0:
             control.should_training_stop = True
+            self.stopped_at_step = state.global_step

@@ -14,9 +14,13 @@ biases and SSM parameters; SSM parameters at --ssm_learning_rate). Every `Traini
 (--learning_rate, --num_train_epochs, --max_steps, --eval_strategy, --bf16, --report_to, ...);
 `--resume_from_checkpoint latest` continues from the newest Trainer checkpoint in --output_dir.
 
---output_dir ends up holding a Hub-ready folder (model, config, tokenizer, training_args.json, eval_results.json with
-eval_loss, eval_accuracy, eval_f1 and the validation split's majority-class rate). A setup problem stops the run with
-one line on stderr and exit code 1.
+--output_dir ends up holding a Hub-ready folder: model (safetensors), config, tokenizer, the model card README.md,
+training_args.json (with the optimizer steps done and planned), eval_results.json (eval_loss, eval_accuracy, eval_f1
+and the validation split's majority-class rate), and no pickle: the final model is saved with `save_pretrained`, not
+`Trainer.save_model` (which adds `training_args.bin`). Trainer's own checkpoints (--save_strategy; optimizer state and
+pickles) go to `checkpoint-N/` sub-folders, which `push_to_hub` does not upload. Training runs the epochs or
+--max_steps unless the opt-in --max_train_minutes stops it first, which the output, training_args.json and the card
+then say. A setup problem stops the run with one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -52,8 +56,9 @@ class ModelArguments:
         default=None, metadata={"help": "learning rate of SSM parameters (default min(1e-3, learning_rate))"})
     trust_remote_code: bool = field(default=False)
     max_train_minutes: float | None = field(
-        default=None, metadata={"help": "stop training after this many minutes (a wall-clock cap; the schedule "
-                                        "still spans the epochs or --max_steps)"})
+        default=None, metadata={"help": "opt-in wall-clock cap: stop training after this many minutes (the schedule "
+                                        "still spans the epochs or --max_steps); a run it stops early is recorded as "
+                                        "cut short"})
 
 
 @dataclass
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hamiltonian_transformer.hub import CheckpointError, HubPushError, push_checkpoint
     from hamiltonian_transformer.optimization import ParameterGroupTrainer
-    from hamiltonian_transformer.run_outputs import write_run_metadata
+    from hamiltonian_transformer.run_outputs import RunProgress, save_final_model
     from hamiltonian_transformer.training import TimeLimitCallback
 
     try:
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if push and not training_args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id NAMESPACE/NAME")
         run = setup(model_args, data_args, training_args)
-        callbacks = [] if model_args.max_train_minutes is None else [TimeLimitCallback(model_args.max_train_minutes)]
+        time_limit = None if model_args.max_train_minutes is None else TimeLimitCallback(model_args.max_train_minutes)
     except ValueError as err:
         print(f"finetune_classification.py: error: {err}", file=sys.stderr)
         return 1
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=run.data["validation"], processing_class=run.tokenizer,
         data_collator=DataCollatorWithPadding(run.tokenizer), compute_metrics=compute_metrics_fn(),
         ssm_learning_rate=model_args.ssm_learning_rate,
-        callbacks=callbacks,
+        callbacks=[time_limit] if time_limit else [],
     )
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
@@ -323,9 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(run.data.get("test", [])) > 0:
         test = trainer.evaluate(run.data["test"], metric_key_prefix="test")
         eval_results.update(test_accuracy=test["test_accuracy"], test_f1=test["test_f1"])
-    trainer.save_model(training_args.output_dir)
-    write_run_metadata(training_args.output_dir,
-                       {**training_args.to_dict(), **asdict(model_args), **asdict(data_args)}, eval_results)
+    stopped = time_limit is not None and time_limit.stopped_at_step is not None
+    steps_done = RunProgress(trainer.state.global_step, trainer.state.max_steps,
+                             f"--max_train_minutes {model_args.max_train_minutes} reached" if stopped else None)
+    if steps_done.cut_short:
+        print(f"stopped at step {steps_done.steps} of {steps_done.max_steps}: {steps_done.stop_reason}")
+    run_args = {**training_args.to_dict(), **asdict(model_args), **asdict(data_args), **steps_done.as_metadata()}
+    save_final_model(trainer.accelerator, trainer.model_wrapped, run.tokenizer, training_args.output_dir, run_args,
+                     eval_results, model_id=training_args.hub_model_id)
     print(f"validation accuracy {metrics['eval_accuracy']:.4f} (majority class {run.majority:.4f}), "
           f"macro F1 {metrics['eval_f1']:.4f}; model saved to {training_args.output_dir}")
     if push:

@@ -58,6 +58,30 @@ def test_a_pretrained_causal_lm_checkpoint_keeps_its_body_and_gets_a_new_head(tm
     assert AutoConfig.from_pretrained(output_dir).architectures == ["HamiltonianTransformerForSequenceClassification"]
 
 
+def test_final_folder_has_a_card_and_no_pickle_while_trainer_checkpoints_stay_in_subfolders(tmp_path):
+    output_dir = tmp_path / "classifier"
+    assert finetune.main(argv(output_dir, model_type="h3", preset="tiny", max_steps=2, save_strategy="steps",
+                              save_steps=2, listops_train_size=32, listops_validation_size=16,
+                              listops_test_size=0)) == 0
+    top_level = {path.name for path in output_dir.iterdir() if path.is_file()}
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= top_level
+    assert not [name for name in top_level if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert (output_dir / "checkpoint-2" / "training_args.bin").is_file()  # Trainer's, for resuming
+    recorded = json.loads((output_dir / "training_args.json").read_text())
+    assert (recorded["steps"], recorded["max_steps"], recorded["stop_reason"]) == (2, 2, None)
+    assert "Training ran all 2 planned optimizer steps." in " ".join((output_dir / "README.md").read_text().split())
+
+
+def test_time_cap_stops_training_and_the_run_records_it_as_cut_short(tmp_path, capsys):
+    output_dir = tmp_path / "capped"
+    assert finetune.main(argv(output_dir, model_type="h3", preset="tiny", max_steps=5, max_train_minutes=1e-9,
+                              listops_train_size=32, listops_validation_size=16, listops_test_size=0)) == 0
+    assert "stopped at step 1 of 5: --max_train_minutes 1e-09 reached" in capsys.readouterr().out
+    recorded = json.loads((output_dir / "training_args.json").read_text())
+    assert (recorded["steps"], recorded["max_steps"]) == (1, 5) and "max_train_minutes" in recorded["stop_reason"]
+    assert "**Training was cut short**: 1 of the 5 planned" in (output_dir / "README.md").read_text()
+
+
 def write_csv(path, rows) -> str:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

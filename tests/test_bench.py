@@ -1,4 +1,4 @@
-"""Tests for the benchmarks: synthetic task generators, matched comparators, speed.py and quality.py end to end."""
+"""Tests for the benchmarks: matched comparators, speed.py and quality.py end to end (data: test_data_synthetic)."""
 
 import json
 import queue
@@ -8,13 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hamiltonian_transformer.data.synthetic import (
-    IGNORE_INDEX,
-    answer_accuracy,
-    associative_recall,
-    induction_head,
-    multi_query_associative_recall,
-)
+from hamiltonian_transformer.data.synthetic import induction_head
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH_DIR))
@@ -24,91 +18,6 @@ import interleaved_decode  # noqa: E402
 import interleaved_train  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
-
-
-def _generator(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-# Synthetic tasks
-
-
-def test_induction_head_answer_is_the_token_after_the_first_trigger():
-    inputs, targets = induction_head(200, vocab_size=20, length=30, generator=_generator())
-    trigger = 19
-    assert inputs.shape == targets.shape == (200, 30)
-    assert (inputs[:, -1] == trigger).all()
-    assert ((inputs == trigger).sum(1) == 2).all()
-    first = (inputs == trigger).int().argmax(1)
-    assert torch.equal(targets[:, -1], inputs[torch.arange(200), first + 1])
-    assert (targets[:, :-1] == IGNORE_INDEX).all()
-    assert (targets[:, -1] < trigger).all()
-
-
-def test_associative_recall_answer_is_the_value_the_query_key_was_paired_with():
-    vocab, length = 10, 20
-    inputs, targets = associative_recall(300, vocab_size=vocab, length=length, generator=_generator(1))
-    assert inputs.shape == (300, length)
-    assert (targets[:, :-1] == IGNORE_INDEX).all()
-    for row, answer in zip(inputs.tolist(), targets[:, -1].tolist()):
-        pairs = row[1:-1]  # an even length starts with one lone value token
-        keys, values = pairs[0::2], pairs[1::2]
-        assert all(k < vocab // 2 for k in keys) and all(v >= vocab // 2 for v in values + [row[0]])
-        mapping = {}
-        for key, value in zip(keys, values):
-            assert mapping.setdefault(key, value) == value  # a repeated key keeps its value
-        assert row[-1] in mapping and mapping[row[-1]] == answer
-
-
-def test_mqar_queries_repeat_context_keys_and_ask_for_their_values():
-    vocab, length, pairs = 64, 32, 4
-    inputs, targets = multi_query_associative_recall(100, vocab, length, pairs, generator=_generator(2))
-    context = 2 * pairs
-    for row, row_targets in zip(inputs.tolist(), targets.tolist()):
-        keys, values = row[0:context:2], row[1:context:2]
-        assert len(set(keys)) == pairs and len(set(values)) == pairs
-        assert all(1 <= k < vocab // 2 for k in keys) and all(vocab // 2 <= v < vocab for v in values)
-        scored = [t for t, target in enumerate(row_targets) if target != IGNORE_INDEX]
-        assert len(scored) == pairs
-        assert all(t >= context and (t - context) % 2 == 0 for t in scored)
-        answers = dict(zip(keys, values))
-        assert sorted(row[t] for t in scored) == sorted(keys)
-        assert all(row_targets[t] == answers[row[t]] for t in scored)
-
-
-def test_synthetic_tasks_are_reproducible_from_the_generator_seed():
-    first = multi_query_associative_recall(8, 128, 64, 4, generator=_generator(5))
-    again = multi_query_associative_recall(8, 128, 64, 4, generator=_generator(5))
-    other = multi_query_associative_recall(8, 128, 64, 4, generator=_generator(6))
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not torch.equal(first[0], other[0])
-
-
-@pytest.mark.parametrize(
-    "call, field",
-    [
-        (lambda: induction_head(4, vocab_size=2), "vocab_size"),
-        (lambda: associative_recall(4, length=2), "length"),
-        (lambda: multi_query_associative_recall(4, 128, 63, 4), "length"),
-        (lambda: multi_query_associative_recall(4, 128, 8, 4), "length"),
-        (lambda: multi_query_associative_recall(4, 8, 64, 4), "vocab_size"),
-        (lambda: induction_head(0), "num_examples"),
-    ],
-)
-def test_synthetic_generators_reject_impossible_settings(call, field):
-    with pytest.raises(ValueError, match=field):
-        call()
-
-
-def test_answer_accuracy_scores_only_answer_positions():
-    inputs, targets = induction_head(16, generator=_generator())
-    perfect = torch.nn.functional.one_hot(targets.clamp(min=0), 20).float()
-    assert answer_accuracy(perfect, targets) == 1.0
-    wrong = torch.roll(perfect, 1, dims=-1)
-    assert answer_accuracy(wrong, targets) == 0.0
-    with pytest.raises(ValueError, match="no scored position"):
-        answer_accuracy(perfect, torch.full_like(targets, IGNORE_INDEX))
-
 
 # Comparators
 
@@ -267,10 +176,9 @@ def test_quality_quick_sections_train_every_model_and_report_mean_and_spread(tmp
 def test_quality_training_lowers_the_synthetic_loss():
     torch.manual_seed(0)
     shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                   max_length=30)
+                                   max_length=31)
     model = comparators.build_model("llama", shape)
-    generator = _generator(3)
-    fixed = induction_head(32, generator=generator)
+    fixed = induction_head(32, generator=torch.Generator().manual_seed(3))
     before = quality.causal_loss(model, *fixed).item()
     quality.train(model, lambda: fixed, steps=30, lr=3e-3, weight_decay=0.0)
     model.eval()

@@ -46,7 +46,7 @@ from hamiltonian_transformer.data import listops_tokenizer, load_stdlib_corpus, 
 from hamiltonian_transformer.data.synthetic import (
     IGNORE_INDEX,
     answer_accuracy,
-    associative_recall,
+    associative_recall_without_separator,
     induction_head,
     multi_query_associative_recall,
 )
@@ -63,7 +63,8 @@ SECTION_MODELS = {
     "listops": ("hamiltonian:symplectic_euler", "h3", "llama"),
 }
 # The H3 paper's settings: (generator, vocabulary, length).
-SYNTHETIC_TASKS = {"induction_head": (induction_head, 20, 30), "associative_recall": (associative_recall, 10, 20)}
+SYNTHETIC_TASKS = {"induction_head": (induction_head, 20, 30),
+                   "associative_recall": (associative_recall_without_separator, 10, 20)}
 MQAR_VOCAB = 8192
 TEST_SEED_OFFSET = 1_000_003  # test sets come from seeds no training stream uses
 QUICK = dict(seeds=[0], synthetic_steps=60, eval_examples=256, mqar_configs=[(64, 4)], mqar_widths=[64],
@@ -175,11 +176,12 @@ def recall_run(sample, test: tuple[torch.Tensor, torch.Tensor], args: argparse.N
 def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
     results = {}
     for task, (generate, vocab_size, length) in SYNTHETIC_TASKS.items():
-        shape = _shape(vocab_size, args.synthetic_width, 2, args.head_dim, length)
-        test = generate(args.eval_examples, vocab_size, length, torch.Generator().manual_seed(TEST_SEED_OFFSET))
+        shape = _shape(vocab_size, args.synthetic_width, 2, args.head_dim, length + 1)
+        test = generate(args.eval_examples, vocab_size, length, torch.Generator().manual_seed(TEST_SEED_OFFSET),
+                        loss_positions="answer")
 
         def sample(n: int, generator: torch.Generator, generate=generate, vocab_size=vocab_size, length=length):
-            return generate(n, vocab_size, length, generator)
+            return generate(n, vocab_size, length, generator, loss_positions="answer")
 
         run = recall_run(sample, test, args, args.synthetic_steps)
         results[task] = {"vocab_size": vocab_size, "length": length, "width": args.synthetic_width, "layers": 2,

@@ -158,31 +158,146 @@ def test_h3_vs_llama_summary_compares_h3_with_llama_at_its_checkpoints():
 
 def test_quality_quick_sections_train_every_model_and_report_mean_and_spread(tmp_path):
     argv = ["--quick", "--sections", "synthetic,mqar,lm", "--models", "llama,h3:pure", "--seeds", "0,1",
-            "--synthetic_steps", "2", "--mqar_steps", "2", "--eval_examples", "16", "--mqar_configs", "16:2",
-            "--mqar_widths", "32", "--lm_tokens", "256", "--lm_max_chars", "20000", "--lm_vocab_size", "300",
-            "--lm_seq_len", "16", "--lm_eval_blocks", "4", "--batch_size", "4", "--output_dir", str(tmp_path)]
+            "--synthetic_train_examples", "8", "--synthetic_test_examples", "8", "--mqar_train_examples", "8",
+            "--mqar_test_examples", "8", "--mqar_configs", "16:2", "--mqar_widths", "32", "--lm_tokens", "256",
+            "--lm_max_chars", "20000", "--lm_vocab_size", "300", "--lm_seq_len", "16", "--lm_eval_blocks", "4",
+            "--batch_size", "4", "--output_dir", str(tmp_path)]
     quality.main(argv)
     results = json.loads((tmp_path / "quality.json").read_text())
-    for task in ("induction_head", "associative_recall"):
-        accuracy = results["synthetic"][task]["models"]["llama"]["accuracy"]
+    assert set(results["synthetic"]) == {"induction_head", "associative_recall", "associative_recall_5x5"}
+    for task in results["synthetic"].values():
+        accuracy = task["models"]["llama"]["accuracy"]
         assert accuracy["n"] == 2 and len(accuracy["values"]) == 2 and 0.0 <= accuracy["mean"] <= 1.0
-    assert set(results["mqar"]["16x2@32"]["models"]) == {"llama", "h3:pure"}
+        assert 0.0 <= task["floor"]["accuracy"] <= 1.0 and task["recipe"]["epochs"] < task["paper_recipe"]["epochs"]
+        per_seed = task["models"]["llama"]["per_seed"][0]
+        assert len(per_seed["accuracy_by_epoch"]) == per_seed["epochs"] == task["recipe"]["epochs"]
+    assert results["synthetic"]["associative_recall"]["models"]["h3:pure"]["paper"] == [0.998, "H3"]
+    mqar = results["mqar"]["16x2@32"]
+    assert set(mqar["models"]) == {"llama", "h3:pure"} and mqar["floor"]["accuracy"] == pytest.approx(0.5)
     perplexity = results["lm"]["models"]["h3:pure"]["validation_perplexity"]
     assert perplexity["min"] <= perplexity["mean"] <= perplexity["max"] and perplexity["mean"] > 1.0
     report = (tmp_path / "quality.md").read_text()
-    assert "(n=2)" in report and "MQAR" in report
+    assert "(n=2)" in report and "MQAR" in report and "heuristic floor" in report
+    assert "H3 paper (table 2)" in report and "1.000 (H3)" in report and "0.998 (H3)" in report
+    assert "of the paper's 400 epochs" in report and "Load average" in report
 
 
-def test_quality_training_lowers_the_synthetic_loss():
+def test_quality_defaults_are_the_papers_recipes_seeds_and_settings():
+    args = quality.parse_args([])
+    assert args.budget_fraction == 1.0 and args.synthetic_seeds == [0, 1, 2] and args.lm_seeds == [0, 1]
+    assert args.mqar_seeds == [0] and args.mqar_configs == [(64, 4), (128, 8)] and args.mqar_widths == [64, 128]
+    assert args.lm_tokens >= 5_000_000
+    # safari: associative_recall/{base,vocab_size_10}.yaml, induction_head/base.yaml, icl_synthetics.yaml
+    recall = quality.run_recipe(quality.SAFARI_ASSOCIATIVE_RECALL, args, "synthetic")
+    assert recall == quality.SAFARI_ASSOCIATIVE_RECALL
+    assert (recall.train_examples, recall.test_examples, recall.epochs, recall.batch_size) == (5000, 500, 200, 32)
+    assert recall.learning_rates == (5e-4,) and recall.weight_decay == 0.1 and recall.betas == (0.9, 0.999)
+    assert recall.steps_per_epoch == 157 and recall.steps == 31_400 and recall.shuffle
+    induction = quality.SAFARI_INDUCTION_HEAD
+    assert induction.epochs == 400 and induction.steps == 62_800 and induction.min_lr_ratio == 0.1
+    tasks = quality.SYNTHETIC_TASKS
+    assert tasks["associative_recall"].recipe == recall and tasks["associative_recall_5x5"].recipe == recall
+    assert tasks["induction_head"].recipe == induction
+    for task in tasks.values():
+        inputs, targets = task.generate(4, generator=torch.Generator().manual_seed(0), loss_positions="all")
+        assert inputs.shape == (4, task.length) and (targets != -100).all()  # the loss on every next token
+    # Zoology: figure 2 configs and train.py
+    zoology = quality.run_recipe(quality.ZOOLOGY_MQAR, args, "mqar")
+    assert zoology == quality.ZOOLOGY_MQAR and zoology.steps == 196 * 64 and zoology.batch_size == 512
+    assert zoology.learning_rates == pytest.approx((1e-4, 4.6416e-4, 2.1544e-3, 1e-2), rel=1e-4)
+    assert zoology.early_stop_accuracy == 0.99 and not zoology.shuffle
+
+
+def _lr_after(schedule, steps: int) -> float:
+    for _ in range(steps):
+        schedule.optimizer.step()  # no gradients: only keeps torch's step-order check quiet
+        schedule.step()
+    return schedule.get_last_lr()[0]
+
+
+@pytest.mark.parametrize(
+    "recipe, checkpoints",
+    [
+        # safari's linear_warmup: warm-up over 157 * ceil(200 / 10) = 3140 steps, linear to 0 at 31,400.
+        (quality.SAFARI_ASSOCIATIVE_RECALL, [(1570, 2.5e-4), (3140, 5e-4), (17_270, 2.5e-4), (31_400, 0.0)]),
+        # safari's induction head: warm-up over 6280 steps, cosine to 0.1 lr at 62,800 (halfway: 0.55 lr).
+        (quality.SAFARI_INDUCTION_HEAD, [(6280, 5e-4), (34_540, 2.75e-4), (62_800, 5e-5)]),
+    ],
+)
+def test_safari_schedules_reach_the_configs_learning_rates(recipe, checkpoints):
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=recipe.learning_rates[0])
+    schedule, interval = quality.learning_rate_schedule(optimizer, recipe)
+    assert interval == "step"
+    done = 0
+    for step, lr in checkpoints:
+        assert _lr_after(schedule, step - done) == pytest.approx(lr, abs=1e-9)
+        done = step
+
+
+def test_zoology_schedule_is_a_cosine_over_epochs_without_warm_up():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule, interval = quality.learning_rate_schedule(optimizer, quality.ZOOLOGY_MQAR)
+    assert interval == "epoch" and schedule.get_last_lr()[0] == 1e-3
+    assert _lr_after(schedule, 32) == pytest.approx(5e-4) and _lr_after(schedule, 32) == pytest.approx(0.0)
+
+
+def test_budget_fraction_scales_the_epochs_and_the_report_says_so():
+    args = quality.parse_args(["--budget_fraction", "0.05"])
+    recipe = quality.run_recipe(quality.SAFARI_ASSOCIATIVE_RECALL, args, "synthetic")
+    assert recipe.epochs == 10 and recipe.steps == 1570 and recipe.train_examples == 5000
+    statement = quality.budget_statement(quality.SAFARI_ASSOCIATIVE_RECALL, recipe)
+    assert "10 of the paper's 200 epochs" in statement and "1,570 of 31,400 steps" in statement
+    paper = quality.SAFARI_ASSOCIATIVE_RECALL
+    assert quality.budget_statement(paper, paper).startswith("the paper's, 200 epochs")
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--budget_fraction", "0"])
+
+
+def _tiny_recipe(**overrides) -> quality.Recipe:
+    fields = dict(source="test", train_examples=32, test_examples=16, epochs=30, batch_size=32, learning_rates=(3e-3,),
+                  weight_decay=0.0, betas=(0.9, 0.999), schedule="linear_warmup", shuffle=True)
+    return quality.Recipe(**{**fields, **overrides})
+
+
+def _tiny_llama() -> torch.nn.Module:
     torch.manual_seed(0)
-    shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+    shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
                                    max_length=31)
-    model = comparators.build_model("llama", shape)
-    fixed = induction_head(32, generator=torch.Generator().manual_seed(3))
-    before = quality.causal_loss(model, *fixed).item()
-    quality.train(model, lambda: fixed, steps=30, lr=3e-3, weight_decay=0.0)
-    model.eval()
-    assert quality.causal_loss(model, *fixed).item() < before
+    return comparators.build_model("llama", shape)
+
+
+def test_loss_and_accuracy_on_scored_positions_equal_those_of_the_full_logits():
+    from hamiltonian_transformer.data.synthetic import multi_query_associative_recall
+
+    inputs, targets = multi_query_associative_recall(6, 64, 16, 2, generator=torch.Generator().manual_seed(0))
+    shape = comparators.ModelShape(vocab_size=64, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
+                                   max_length=16)
+    for name in ("llama", "h3", "hamiltonian:symplectic_euler"):
+        torch.manual_seed(0)
+        model = comparators.build_model(name, shape).eval()
+        logits = model(input_ids=inputs, use_cache=False).logits
+        full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        assert quality.causal_loss(model, inputs, targets).item() == pytest.approx(full.item(), rel=1e-5)
+        scored = targets != -100
+        accuracy = (logits.argmax(-1)[scored] == targets[scored]).float().mean().item()
+        assert quality.evaluate_accuracy(model, inputs, targets, batch_size=4) == pytest.approx(accuracy)
+
+
+def test_fixed_set_training_lowers_the_loss_and_scores_every_epoch():
+    train_set = induction_head(32, generator=torch.Generator().manual_seed(3))
+    test_set = induction_head(16, generator=torch.Generator().manual_seed(4), loss_positions="answer")
+    figures = quality.train_fixed_set(_tiny_llama(), train_set, test_set, _tiny_recipe(), lr=3e-3, seed=0)
+    assert figures["epochs"] == 30 and figures["steps"] == 30 and len(figures["accuracy_by_epoch"]) == 30
+    assert figures["train_loss_by_epoch"][-1] < figures["train_loss_by_epoch"][0]
+    assert figures["best_accuracy"] == max(figures["accuracy_by_epoch"]) and figures["seconds_per_step"] > 0
+
+
+def test_fixed_set_training_stops_early_once_the_threshold_is_passed():
+    train_set = induction_head(32, generator=torch.Generator().manual_seed(3))
+    test_set = induction_head(16, generator=torch.Generator().manual_seed(4), loss_positions="answer")
+    recipe = _tiny_recipe(epochs=5, schedule="cosine_per_epoch", early_stop_accuracy=-1.0)  # any accuracy passes
+    figures = quality.train_fixed_set(_tiny_llama(), train_set, test_set, recipe, lr=3e-3, seed=0)
+    assert figures["epochs"] == 1 and figures["steps"] == 1
 
 
 def test_listops_section_reports_not_run_without_the_finetune_script(monkeypatch, tmp_path):

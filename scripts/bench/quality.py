@@ -1,32 +1,50 @@
-"""Quality at equal budgets: synthetic recall (H3 paper, Zoology MQAR), ListOps and language-model perplexity.
+"""Quality against the papers' own protocols: synthetic recall (H3 paper, Zoology MQAR), ListOps, LM perplexity.
 
-    python scripts/bench/quality.py --quick                                  # smoke run, minutes on 2 CPU cores
-    python scripts/bench/quality.py --seeds 0,1,2 --output_dir outputs/bench/quality
+    python scripts/bench/quality.py --quick                                  # every section and task, about a minute
+    python scripts/bench/quality.py --output_dir outputs/bench/quality       # the papers' budgets: days on a CPU
+    python scripts/bench/quality.py --budget_fraction 0.05 --output_dir outputs/bench/quality   # 5% of the epochs
 
-Sections (``--sections``), each training every model from scratch with the same steps, batch and learning rate:
-  synthetic  the H3 paper's induction head (vocabulary 20, length 30) and associative recall (vocabulary 10,
-             length 20) with two-layer width-32 models: pure H3, pure H3 without its shift SSM (S4D-like), the
-             Hamiltonian Transformer and Llama. Paper (H3 table 2): H3 100.0 / 99.8, attention 100 / 100,
-             S4D 35.6 / 86.0. Accuracy of the answer token on held-out sequences.
-  mqar       Zoology's multi-query associative recall, vocabulary 8192, (length, pairs) in ``--mqar_configs``,
-             two layers at each width of ``--mqar_widths``: pure H3, hybrid H3 (one attention layer), the Hamiltonian
-             Transformer and Llama. Accuracy over all queries. Published: attention ~1.0; pure H3 0.05-0.7 at 256.
+Sections (``--sections``); every model is trained from scratch per seed with the same data and recipe:
+  synthetic  the H3 paper's tasks (section 3.1, table 2) as its code, HazyResearch/safari, defines and trains them:
+             induction head (vocabulary 20, 30 tokens, then the trigger) and associative recall (vocabulary 10:
+             4 keys x 4 values, 10 pairs, ``=>``, the query), plus this project's harder associative recall (5 keys x
+             5 values, 9 pairs, no separator) on the same recipe. 2 layers, width 32, one attention head: pure H3,
+             H3 without its shift SSM (S4D-like), hybrid H3, the Hamiltonian Transformer and Llama. safari's recipe
+             (``SAFARI_*`` below): a fixed set of 5,000 distinct training sequences, 200 epochs (associative recall)
+             or 400 (induction head) of batch 32 with the loss on every next token, AdamW lr 5e-4, betas (0.9,
+             0.999), weight decay 0.1, no gradient clipping, warm-up over the first 10% of the steps, then linear
+             decay to 0 (associative recall) or cosine to 0.1 lr (induction head); accuracy at the answer of 500 test
+             sequences. Paper: H3 100.0 / 99.8, attention 100.0 / 100.0, S4D 35.6 / 86.0 (induction / recall).
+  mqar       Zoology's multi-query associative recall (vocabulary 8192) at (length, pairs) ``--mqar_configs`` and
+             widths ``--mqar_widths``, 2 layers: pure H3, hybrid H3, the Hamiltonian Transformer and Llama. Zoology's
+             recipe (``ZOOLOGY_MQAR``): 100,000 training sequences, 64 epochs of batch 512, loss at the queries,
+             AdamW weight decay 0.1, cosine decay over the epochs to 0, no warm-up, no clipping, four learning rates
+             of which the best is reported, training stopped once test accuracy passes 0.99; accuracy over the
+             queries of 3,000 test sequences. Zoology (figure 2, read off the plot): attention ~0.98 throughout;
+             H3 ~0.91 / ~0.98 at (64, 4) and ~0.25 / ~0.73 at (128, 8), widths 64 / 128.
   lm         validation perplexity on the embedded standard-library corpus (byte-level BPE trained on its train
-             split) after ``--lm_tokens`` training tokens: the Hamiltonian Transformer, hybrid H3 and Llama.
+             split) after ``--lm_tokens`` training tokens, the equal budget: the Hamiltonian Transformer, hybrid H3
+             and Llama (fresh batches, AdamW with ``--lr``, cosine schedule with warm-up, clipping at 1).
   listops    ListOps accuracy through scripts/finetune_classification.py (Trainer), each model saved fresh and
              fine-tuned for ``--listops_steps`` steps; LRA reports Transformer 36.4%, S4 ~59% at lengths <= 2000.
 
-Training data of the synthetic tasks is drawn fresh every step from a seeded generator (an endless stream); the test
-sets use other seeds. Optimizer: AdamW with the family's parameter groups (no decay on norms, biases and SSM
-parameters; SSM parameters at min(1e-3, lr)), linear warm-up over 10% of the steps, cosine decay, gradient clipping
-at 1. Every figure is mean +- sample standard deviation over ``--seeds`` with the seed count, and the per-seed values
-are in the JSON.
+The papers' budgets are far beyond a small CPU: ``--budget_fraction`` scales the epochs of the synthetic and MQAR
+recipes (the schedule then spans the epochs run) and the reports say what was run against what the paper ran, with
+each model's seconds per step and what the paper's budget would take at that speed. Beside every task the report
+prints its heuristic floor: what a predictor from token counts alone scores (``most_frequent_answer_accuracy``).
+Seeds (``--seeds`` overrides them all): 3 for the synthetic tasks and ListOps, 1 per learning rate for MQAR (as
+Zoology), 2 for the LM. Figures are mean +- sample standard deviation over the seeds with the seed count; per-seed
+values and per-epoch test accuracies are in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
+import math
+import os
 import statistics
 import subprocess
 import sys
@@ -40,14 +58,20 @@ import torch.nn.functional as F
 import transformers
 from comparators import MODEL_NAMES, ModelShape, build_model, choice_list, describe, int_list
 from measure import machine_info
-from transformers import get_cosine_schedule_with_warmup
+from transformers import (
+    get_cosine_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from hamiltonian_transformer.data import listops_tokenizer, load_stdlib_corpus, pack_dataset, train_bpe_tokenizer
 from hamiltonian_transformer.data.synthetic import (
     IGNORE_INDEX,
-    answer_accuracy,
+    RecallVocabulary,
+    associative_recall,
     associative_recall_without_separator,
     induction_head,
+    most_frequent_answer_accuracy,
     multi_query_associative_recall,
 )
 from hamiltonian_transformer.optimization import parameter_groups
@@ -57,37 +81,222 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FINETUNE_SCRIPT = REPO_ROOT / "scripts" / "finetune_classification.py"
 SECTIONS = ("synthetic", "mqar", "lm", "listops")
 SECTION_MODELS = {
-    "synthetic": ("h3:pure", "h3:pure:no_shift", "hamiltonian:symplectic_euler", "llama"),
+    "synthetic": ("h3:pure", "h3:pure:no_shift", "h3", "hamiltonian:symplectic_euler", "llama"),
     "mqar": ("h3:pure", "h3", "hamiltonian:symplectic_euler", "llama"),
     "lm": ("hamiltonian:symplectic_euler", "h3", "llama"),
     "listops": ("hamiltonian:symplectic_euler", "h3", "llama"),
 }
-# The H3 paper's settings: (generator, vocabulary, length).
-SYNTHETIC_TASKS = {"induction_head": (induction_head, 20, 30),
-                   "associative_recall": (associative_recall_without_separator, 10, 20)}
+SECTION_SEEDS = {"synthetic": [0, 1, 2], "mqar": [0], "lm": [0, 1], "listops": [0, 1, 2]}
+EVAL_BATCH_SIZE = 128
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The papers' recipes and tasks
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A paper's training protocol: a fixed training set, passes over it, AdamW and a learning-rate schedule.
+
+    No recipe clips gradients (safari: ``gradient_clip_val: 0.0``; Zoology's trainer has none). Schedules:
+    ``linear_warmup`` and ``cosine_warmup`` warm up over ``ceil(epochs / 10)`` epochs (safari's formula, 10% of
+    the steps) and are stepped every step; ``cosine_per_epoch`` is torch's CosineAnnealingLR over the epochs,
+    stepped every epoch, without warm-up (Zoology).
+    """
+
+    source: str
+    train_examples: int
+    test_examples: int
+    epochs: int
+    batch_size: int
+    learning_rates: tuple[float, ...]  # with several, each is run and the best test accuracy reported (Zoology)
+    weight_decay: float
+    betas: tuple[float, float]
+    schedule: str
+    shuffle: bool  # a new order of the training set every epoch (safari's DataLoader) or the same one (Zoology)
+    min_lr_ratio: float = 0.0  # the cosine's floor as a fraction of the peak
+    early_stop_accuracy: float | None = None  # stop once test accuracy passes this (Zoology: 0.99)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_examples / self.batch_size)  # the last batch may be short (no drop_last)
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def summary(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "steps_per_epoch": self.steps_per_epoch, "steps": self.steps}
+
+
+SAFARI_ASSOCIATIVE_RECALL = Recipe(
+    source="HazyResearch/safari configs/experiment/synthetics/associative_recall/{base,vocab_size_10}.yaml",
+    train_examples=5000, test_examples=500, epochs=200, batch_size=32, learning_rates=(5e-4,), weight_decay=0.1,
+    betas=(0.9, 0.999), schedule="linear_warmup", shuffle=True,
+)
+# safari's timm cosine (warmup_t 10%, lr_min 0.1 lr, warm-up from 1e-6, cosine over all steps) as transformers'
+# cosine with a floor: warm-up from 0, cosine over the steps after the warm-up.
+SAFARI_INDUCTION_HEAD = dataclasses.replace(
+    SAFARI_ASSOCIATIVE_RECALL, source="HazyResearch/safari configs/experiment/synthetics/induction_head/base.yaml",
+    epochs=400, schedule="cosine_warmup", min_lr_ratio=0.1,
+)
+ZOOLOGY_MQAR = Recipe(
+    source="HazyResearch/zoology zoology/experiments/paper_configs/iclr24_zoology_figure2/configs.py, zoology/train.py",
+    train_examples=100_000, test_examples=3_000, epochs=64, batch_size=512,
+    learning_rates=tuple(10 ** (-4 + 2 * i / 3) for i in range(4)),  # np.logspace(-4, -2, 4)
+    weight_decay=0.1, betas=(0.9, 0.999), schedule="cosine_per_epoch", shuffle=False, early_stop_accuracy=0.99,
+)
+SAFARI_DATA_SEED = 0  # safari's ICLDataModule seed: one data set for every training seed, train drawn before test
+ZOOLOGY_DATA_SEED = 123  # Zoology's DataConfig seed
+RECALL_LAYERS, RECALL_ATTENTION_HEADS = 2, 1  # both papers' models: two layers, one attention head
 MQAR_VOCAB = 8192
-TEST_SEED_OFFSET = 1_000_003  # test sets come from seeds no training stream uses
-QUICK = dict(seeds=[0], synthetic_steps=60, eval_examples=256, mqar_configs=[(64, 4)], mqar_widths=[64],
-             mqar_steps=30, lm_tokens=16_384, lm_width=32, lm_max_chars=200_000, lm_vocab_size=512, lm_seq_len=64,
-             lm_eval_blocks=32, listops_steps=20, listops_max_length=40, listops_train_size=200)
-FULL = dict(seeds=[0, 1, 2], synthetic_steps=8000, eval_examples=2000, mqar_configs=[(64, 4), (128, 8), (256, 16)],
-            mqar_widths=[64, 128, 256], mqar_steps=3000, lm_tokens=2_000_000, lm_width=128, lm_max_chars=5_000_000,
-            lm_vocab_size=4096, lm_seq_len=256, lm_eval_blocks=256, listops_steps=2000, listops_max_length=500,
-            listops_train_size=5000)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticTask:
+    """One row of the synthetic section: data, the floor heuristic's candidates, recipe and the paper's figures."""
+
+    description: str
+    generate: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (num_examples, generator=, loss_positions=)
+    vocab_size: int
+    length: int  # tokens the model reads
+    answer_tokens: range  # what the floor heuristic may predict
+    floor_heuristic: str
+    recipe: Recipe
+    paper: dict[str, tuple[float, str]]  # model -> (accuracy, the paper's model), H3 paper table 2
+
+
+_PAPER_MODELS = {"h3:pure": "H3", "h3:pure:no_shift": "S4D", "llama": "attention"}
+SYNTHETIC_TASKS = {
+    "induction_head": SyntheticTask(
+        description="H3 paper: vocabulary 20 (18 ordinary tokens, the trigger => and an unused no-op), 30 tokens "
+                    "with the trigger at a random position, then the trigger again; answer: the token after the "
+                    "first trigger",
+        generate=functools.partial(induction_head, vocab_size=20, input_seq_len=30), vocab_size=20, length=31,
+        answer_tokens=RecallVocabulary(20).ordinary, floor_heuristic="the most frequent ordinary token of the context",
+        recipe=SAFARI_INDUCTION_HEAD,
+        paper={"h3:pure": (1.0, "H3"), "h3:pure:no_shift": (0.356, "S4D"), "llama": (1.0, "attention")},
+    ),
+    "associative_recall": SyntheticTask(
+        description="H3 paper: vocabulary 10 (4 keys, 4 values, => and an unused no-op), 10 key-value pairs, =>, "
+                    "a key that occurred; answer: its value",
+        generate=functools.partial(associative_recall, vocab_size=10, num_pairs=10), vocab_size=10, length=22,
+        answer_tokens=RecallVocabulary(10).values, floor_heuristic="the most frequent value of the context",
+        recipe=SAFARI_ASSOCIATIVE_RECALL,
+        paper={"h3:pure": (0.998, "H3"), "h3:pure:no_shift": (0.86, "S4D"), "llama": (1.0, "attention")},
+    ),
+    "associative_recall_5x5": SyntheticTask(
+        description="this project's harder variant: vocabulary 10 all keys or values (5 keys, 5 values), 9 pairs, "
+                    "no separator, the query last; on the paper's associative-recall recipe",
+        generate=functools.partial(associative_recall_without_separator, vocab_size=10, length=20), vocab_size=10,
+        length=20, answer_tokens=range(5, 10), floor_heuristic="the most frequent value of the context",
+        recipe=SAFARI_ASSOCIATIVE_RECALL, paper={},
+    ),
+}
+# Zoology figure 2 (its README's plot; no table is published), read off by eye: ((length, pairs), width) -> model.
+ZOOLOGY_FIGURE_2 = {
+    ((64, 4), 64): {"llama": 0.98, "h3:pure": 0.91}, ((64, 4), 128): {"llama": 0.98, "h3:pure": 0.98},
+    ((128, 8), 64): {"llama": 0.98, "h3:pure": 0.25}, ((128, 8), 128): {"llama": 0.98, "h3:pure": 0.73},
+}
+
+
+def run_recipe(recipe: Recipe, args: argparse.Namespace, section: str) -> Recipe:
+    """The recipe as run: the papers' one scaled by ``--budget_fraction`` and the command's overrides."""
+    overrides = {"epochs": max(1, round(recipe.epochs * args.budget_fraction))}
+    for field in ("train_examples", "test_examples", "learning_rates"):
+        value = getattr(args, f"{section}_{field}", None)
+        if value is not None:
+            overrides[field] = tuple(value) if field == "learning_rates" else value
+    return dataclasses.replace(recipe, **overrides)
+
+
+def budget_statement(paper: Recipe, run: Recipe) -> str:
+    """What was run against the paper, in words."""
+    if run == paper:
+        return f"the paper's, {paper.epochs} epochs of {paper.train_examples:,} sequences ({paper.steps:,} steps)"
+    return (f"{run.epochs} of the paper's {paper.epochs} epochs over {run.train_examples:,} of its "
+            f"{paper.train_examples:,} training sequences: {run.steps:,} of {paper.steps:,} steps "
+            f"({run.steps / paper.steps:.2%}); test set {run.test_examples:,} of {paper.test_examples:,}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Training and evaluation
 # ----------------------------------------------------------------------------------------------------------------------
+def scored_logits(model, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (k, vocab) at the k scored positions (targets != -100) and their targets (k,).
+
+    The output head runs on those positions only: the numbers of the full logits there, without the (b, t, vocab)
+    tensor, which dominates MQAR's cost (vocabulary 8192, a few scored queries per sequence).
+    """
+    scored = targets != IGNORE_INDEX
+    hidden = model.base_model(input_ids=inputs, use_cache=False).last_hidden_state  # (b, t, d)
+    return model.get_output_embeddings()(hidden[scored]), targets[scored]
+
+
 def causal_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the logits at each position against the aligned targets (-100 skipped)."""
-    logits = model(input_ids=inputs, use_cache=False).logits  # (b, t, vocab)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy at the scored positions against the aligned targets."""
+    logits, labels = scored_logits(model, inputs, targets)
+    return F.cross_entropy(logits.float(), labels)
 
 
-def train(model, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
-          weight_decay: float) -> dict[str, float]:
-    """``steps`` AdamW steps on ``next_batch()`` (inputs, aligned targets); returns the last losses and the time."""
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe):
+    """(scheduler, "step" or "epoch": when it is stepped) of ``recipe`` over its epochs (see ``Recipe``)."""
+    warmup = recipe.steps_per_epoch * math.ceil(recipe.epochs / 10)
+    if recipe.schedule == "linear_warmup":
+        return get_linear_schedule_with_warmup(optimizer, warmup, recipe.steps), "step"
+    if recipe.schedule == "cosine_warmup":
+        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, recipe.steps,
+                                                           min_lr_rate=recipe.min_lr_ratio), "step"
+    if recipe.schedule == "cosine_per_epoch":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs, eta_min=0.0), "epoch"
+    raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+
+def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor],
+                    recipe: Recipe, lr: float, seed: int) -> dict:
+    """``recipe.epochs`` passes over ``train_set`` (inputs, aligned targets), test accuracy after each epoch.
+
+    The family's parameter groups (no decay on norms, biases and SSM parameters; SSM parameters at min(1e-3, lr),
+    as safari's H3 and S4D layers) under AdamW with the recipe's betas and weight decay. ``seed`` orders the batches.
+    Returns the final and best test accuracy, the per-epoch accuracies and losses, and the seconds per training step
+    (evaluation excluded).
+    """
+    inputs, targets = train_set
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay, lr), betas=recipe.betas)
+    schedule, interval = learning_rate_schedule(optimizer, recipe)
+    order_generator = torch.Generator().manual_seed(seed)
+    accuracy_by_epoch, loss_by_epoch = [], []
+    train_seconds, steps = 0.0, 0
+    for _ in range(recipe.epochs):
+        model.train()
+        begin = time.perf_counter()
+        order = torch.randperm(len(inputs), generator=order_generator) if recipe.shuffle else torch.arange(len(inputs))
+        epoch_loss = 0.0
+        for batch in order.split(recipe.batch_size):
+            loss = causal_loss(model, inputs[batch], targets[batch])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if interval == "step":
+                schedule.step()
+            epoch_loss += loss.item()
+            steps += 1
+        if interval == "epoch":
+            schedule.step()
+        train_seconds += time.perf_counter() - begin
+        loss_by_epoch.append(epoch_loss / recipe.steps_per_epoch)
+        accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
+        if recipe.early_stop_accuracy is not None and accuracy_by_epoch[-1] > recipe.early_stop_accuracy:
+            break
+    return {"accuracy": accuracy_by_epoch[-1], "best_accuracy": max(accuracy_by_epoch),
+            "epochs": len(accuracy_by_epoch), "steps": steps, "train_seconds": train_seconds,
+            "seconds_per_step": train_seconds / steps, "final_train_loss": loss_by_epoch[-1],
+            "accuracy_by_epoch": accuracy_by_epoch, "train_loss_by_epoch": loss_by_epoch}
+
+
+def train_on_stream(model, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
+                    weight_decay: float) -> dict[str, float]:
+    """``steps`` AdamW steps on fresh ``next_batch()`` (the LM section): betas (0.9, 0.95), linear warm-up over 10%,
+    cosine decay, gradient clipping at 1. Returns the last losses and the time."""
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay, lr), betas=(0.9, 0.95))
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
     model.train()
@@ -103,7 +312,9 @@ def train(model, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], st
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     tail = losses[-max(1, steps // 20):]
-    return {"final_train_loss": sum(tail) / len(tail), "train_seconds": time.perf_counter() - begin}
+    train_seconds = time.perf_counter() - begin
+    return {"final_train_loss": sum(tail) / len(tail), "train_seconds": train_seconds,
+            "seconds_per_step": train_seconds / steps}
 
 
 @torch.no_grad()
@@ -112,11 +323,9 @@ def evaluate_accuracy(model, inputs: torch.Tensor, targets: torch.Tensor, batch_
     model.eval()
     correct = total = 0
     for start in range(0, len(inputs), batch_size):
-        logits = model(input_ids=inputs[start:start + batch_size], use_cache=False).logits
-        batch_targets = targets[start:start + batch_size]
-        scored = int((batch_targets != IGNORE_INDEX).sum())
-        correct += answer_accuracy(logits, batch_targets) * scored
-        total += scored
+        logits, labels = scored_logits(model, inputs[start:start + batch_size], targets[start:start + batch_size])
+        correct += int((logits.argmax(-1) == labels).sum())
+        total += len(labels)
     return correct / total
 
 
@@ -139,11 +348,15 @@ def summarize(values: list[float]) -> dict[str, object]:
             "min": min(values), "max": max(values), "n": len(values), "values": values}
 
 
-def _shape(vocab_size: int, width: int, layers: int, head_dim: int, max_length: int) -> ModelShape:
+def _shape(vocab_size: int, width: int, layers: int, num_heads: int, max_length: int) -> ModelShape:
+    return ModelShape(vocab_size=vocab_size, hidden_size=width, num_layers=layers, num_heads=num_heads,
+                      intermediate_size=4 * width, max_length=max_length)
+
+
+def _heads(width: int, head_dim: int) -> int:
     if width % head_dim:
         raise ValueError(f"width {width} is not a multiple of --head_dim {head_dim}")
-    return ModelShape(vocab_size=vocab_size, hidden_size=width, num_layers=layers, num_heads=width // head_dim,
-                      intermediate_size=4 * width, max_length=max_length)
+    return width // head_dim
 
 
 def _run_seeds(model_name: str, shape: ModelShape, seeds: list[int], run: Callable[[torch.nn.Module, int], dict],
@@ -157,55 +370,84 @@ def _run_seeds(model_name: str, shape: ModelShape, seeds: list[int], run: Callab
         log(f"  {label} {model_name} seed {seed}: {metric} {figures[metric]:.4f} "
             f"({figures.get('train_seconds', 0):.0f} s)")
     return {"parameters": describe(model_name, shape)["parameters"], metric: summarize([r[metric] for r in per_seed]),
-            "per_seed": per_seed}
+            "seconds_per_step": statistics.fmean(r["seconds_per_step"] for r in per_seed), "per_seed": per_seed}
+
+
+def _overlap(train_inputs: torch.Tensor, test_inputs: torch.Tensor) -> int:
+    """Test sequences that also occur in the training set (neither paper's code excludes them)."""
+    seen = {tuple(row) for row in train_inputs.tolist()}
+    return sum(tuple(row) in seen for row in test_inputs.tolist())
+
+
+def recall_models(models: list[str], shape: ModelShape, seeds: list[int], recipe: Recipe,
+                  train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor],
+                  log: Callable[[str], None], label: str) -> dict:
+    """Every model at every learning rate of ``recipe``; a model's figures are those of its best learning rate."""
+    results = {}
+    for name in models:
+        by_lr = {}
+        for lr in recipe.learning_rates:
+            def run(model: torch.nn.Module, seed: int, lr: float = lr) -> dict:
+                return train_fixed_set(model, train_set, test_set, recipe, lr, seed)
+
+            by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, f"{label} lr {lr:.2g}")
+        best = max(by_lr, key=lambda lr: by_lr[lr]["accuracy"]["mean"])
+        results[name] = {**by_lr[best], "learning_rate": best}
+        if len(by_lr) > 1:
+            results[name]["by_learning_rate"] = {f"{lr:.3g}": entry for lr, entry in by_lr.items()}
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------------------------------
-def recall_run(sample, test: tuple[torch.Tensor, torch.Tensor], args: argparse.Namespace,
-               steps: int) -> Callable[[torch.nn.Module, int], dict]:
-    """Training on fresh batches of ``sample(n, generator)`` and accuracy on the ``test`` set."""
-    def run(model: torch.nn.Module, seed: int) -> dict:
-        generator = torch.Generator().manual_seed(seed)
-        figures = train(model, lambda: sample(args.batch_size, generator), steps, args.lr, args.weight_decay)
-        return {**figures, "accuracy": evaluate_accuracy(model, *test, batch_size=args.batch_size)}
-    return run
-
-
 def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
     results = {}
-    for task, (generate, vocab_size, length) in SYNTHETIC_TASKS.items():
-        shape = _shape(vocab_size, args.synthetic_width, 2, args.head_dim, length + 1)
-        test = generate(args.eval_examples, vocab_size, length, torch.Generator().manual_seed(TEST_SEED_OFFSET),
-                        loss_positions="answer")
-
-        def sample(n: int, generator: torch.Generator, generate=generate, vocab_size=vocab_size, length=length):
-            return generate(n, vocab_size, length, generator, loss_positions="answer")
-
-        run = recall_run(sample, test, args, args.synthetic_steps)
-        results[task] = {"vocab_size": vocab_size, "length": length, "width": args.synthetic_width, "layers": 2,
-                         "models": {name: _run_seeds(name, shape, args.seeds, run, "accuracy", log, task)
-                                    for name in models}}
+    for task_name in args.synthetic_tasks:
+        task = SYNTHETIC_TASKS[task_name]
+        recipe = run_recipe(task.recipe, args, "synthetic")
+        data = torch.Generator().manual_seed(SAFARI_DATA_SEED)
+        train_set = task.generate(recipe.train_examples, generator=data, loss_positions="all")
+        test_set = task.generate(recipe.test_examples, generator=data, loss_positions="answer")
+        shape = _shape(task.vocab_size, args.synthetic_width, RECALL_LAYERS, RECALL_ATTENTION_HEADS, task.length)
+        log(f"{task_name}: {budget_statement(task.recipe, recipe)}")
+        entries = recall_models(models, shape, args.synthetic_seeds, recipe, train_set, test_set, log, task_name)
+        for name, entry in entries.items():
+            entry["paper"] = task.paper.get(name)
+        results[task_name] = {
+            "description": task.description, "vocab_size": task.vocab_size, "length": task.length,
+            "width": args.synthetic_width, "layers": RECALL_LAYERS, "attention_heads": RECALL_ATTENTION_HEADS,
+            "paper_recipe": task.recipe.summary(), "recipe": recipe.summary(),
+            "budget": budget_statement(task.recipe, recipe),
+            "floor": {"accuracy": most_frequent_answer_accuracy(*test_set, task.answer_tokens),
+                      "heuristic": task.floor_heuristic},
+            "test_in_train": _overlap(train_set[0], test_set[0]), "models": entries,
+        }
     return results
 
 
 def mqar_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
     results = {}
+    recipe = run_recipe(ZOOLOGY_MQAR, args, "mqar")
+    log(f"mqar: {budget_statement(ZOOLOGY_MQAR, recipe)}")
     for length, pairs in args.mqar_configs:
-        test = multi_query_associative_recall(args.eval_examples, MQAR_VOCAB, length, pairs,
-                                              torch.Generator().manual_seed(TEST_SEED_OFFSET + length))
-
-        def sample(n: int, generator: torch.Generator, length=length, pairs=pairs):
-            return multi_query_associative_recall(n, MQAR_VOCAB, length, pairs, generator)
-
-        run = recall_run(sample, test, args, args.mqar_steps)
+        data = torch.Generator().manual_seed(ZOOLOGY_DATA_SEED)
+        train_set = multi_query_associative_recall(recipe.train_examples, MQAR_VOCAB, length, pairs, data)
+        test_set = multi_query_associative_recall(recipe.test_examples, MQAR_VOCAB, length, pairs, data)
+        floor = most_frequent_answer_accuracy(*test_set, range(MQAR_VOCAB // 2, MQAR_VOCAB))
+        overlap = _overlap(train_set[0], test_set[0])
         for width in args.mqar_widths:
-            shape = _shape(MQAR_VOCAB, width, 2, args.head_dim, length)
+            shape = _shape(MQAR_VOCAB, width, RECALL_LAYERS, RECALL_ATTENTION_HEADS, length)
             label = f"mqar L={length} pairs={pairs} width={width}"
+            entries = recall_models(models, shape, args.mqar_seeds, recipe, train_set, test_set, log, label)
+            for name, entry in entries.items():
+                entry["paper"] = ZOOLOGY_FIGURE_2.get(((length, pairs), width), {}).get(name)
             results[f"{length}x{pairs}@{width}"] = {
-                "length": length, "pairs": pairs, "width": width,
-                "models": {name: _run_seeds(name, shape, args.seeds, run, "accuracy", log, label) for name in models},
+                "length": length, "pairs": pairs, "width": width, "layers": RECALL_LAYERS,
+                "attention_heads": RECALL_ATTENTION_HEADS, "paper_recipe": ZOOLOGY_MQAR.summary(),
+                "recipe": recipe.summary(), "budget": budget_statement(ZOOLOGY_MQAR, recipe),
+                "floor": {"accuracy": floor, "heuristic": "a uniform pick among the values of the context"},
+                "test_in_train": overlap, "models": entries,
             }
     return results
 
@@ -217,7 +459,8 @@ def lm_section(args: argparse.Namespace, models: list[str], log: Callable[[str],
               for split in ("train", "validation")}
     validation = blocks["validation"][: args.lm_eval_blocks]
     steps = max(1, args.lm_tokens // (args.batch_size * args.lm_seq_len))
-    shape = _shape(len(tokenizer), args.lm_width, args.lm_layers, args.head_dim, args.lm_seq_len)
+    shape = _shape(len(tokenizer), args.lm_width, args.lm_layers, _heads(args.lm_width, args.head_dim),
+                   args.lm_seq_len)
     log(f"lm: {len(blocks['train'])} train blocks, {len(validation)} validation blocks of {args.lm_seq_len} tokens, "
         f"vocabulary {len(tokenizer)}, {steps} steps")
 
@@ -228,13 +471,13 @@ def lm_section(args: argparse.Namespace, models: list[str], log: Callable[[str],
             batch = blocks["train"][torch.randint(0, len(blocks["train"]), (args.batch_size,), generator=generator)]
             return batch[:, :-1], batch[:, 1:]
 
-        figures = train(model, next_batch, steps, args.lr, args.weight_decay)
+        figures = train_on_stream(model, next_batch, steps, args.lr, args.weight_decay)
         return {**figures, "validation_perplexity": evaluate_perplexity(model, validation, batch_size=32)}
 
     return {"train_tokens": steps * args.batch_size * args.lm_seq_len, "seq_len": args.lm_seq_len,
             "vocab_size": len(tokenizer), "width": args.lm_width, "layers": args.lm_layers,
             "train_blocks": len(blocks["train"]), "validation_tokens": validation[:, 1:].numel(),
-            "models": {name: _run_seeds(name, shape, args.seeds, run, "validation_perplexity", log, "lm")
+            "models": {name: _run_seeds(name, shape, args.lm_seeds, run, "validation_perplexity", log, "lm")
                        for name in models}}
 
 
@@ -242,8 +485,8 @@ def listops_section(args: argparse.Namespace, models: list[str], log: Callable[[
     if not FINETUNE_SCRIPT.exists():
         return {"status": "not run", "reason": f"{FINETUNE_SCRIPT.relative_to(REPO_ROOT)} is absent"}
     tokenizer = listops_tokenizer()
-    shape = _shape(len(tokenizer), args.listops_width, args.listops_layers, args.head_dim,
-                   args.listops_max_length + 2)
+    shape = _shape(len(tokenizer), args.listops_width, args.listops_layers,
+                   _heads(args.listops_width, args.head_dim), args.listops_max_length + 2)
     root = args.output_dir / "listops"
 
     def run(model: torch.nn.Module, seed: int, name: str) -> dict:
@@ -262,15 +505,17 @@ def listops_section(args: argparse.Namespace, models: list[str], log: Callable[[
         begin = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, text=True)
         eval_results = json.loads((folder / "run" / "eval_results.json").read_text())
+        seconds = time.perf_counter() - begin
         return {"accuracy": eval_results["eval_accuracy"], "test_accuracy": eval_results.get("test_accuracy"),
-                "majority_class_accuracy": eval_results["majority_class_accuracy"],
-                "train_seconds": time.perf_counter() - begin}
+                "majority_class_accuracy": eval_results["majority_class_accuracy"], "train_seconds": seconds,
+                "seconds_per_step": seconds / args.listops_steps}
 
     results = {}
     for name in models:
         try:
-            results[name] = _run_seeds(name, shape, args.seeds, lambda model, seed, name=name: run(model, seed, name),
-                                       "accuracy", log, "listops")
+            results[name] = _run_seeds(name, shape, args.listops_seeds,
+                                       lambda model, seed, name=name: run(model, seed, name), "accuracy", log,
+                                       "listops")
         except subprocess.CalledProcessError as error:
             results[name] = {"status": "failed", "stderr_tail": error.stderr[-2000:]}
             log(f"  listops {name}: finetune_classification.py failed:\n{error.stderr[-2000:]}")
@@ -291,49 +536,117 @@ def _figure(entry: dict, metric: str, digits: int) -> str:
     return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f} (n={summary['n']})"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _paper_budget_time(setting: dict, entry: dict) -> str:
+    """Seconds per step times the paper's steps, where the run's batches were the paper's size (else "-")."""
+    run, paper = setting["recipe"], setting["paper_recipe"]
+    if min(run["train_examples"], run["batch_size"]) < paper["batch_size"]:
+        return "- (smaller batches)"
+    return _duration(entry["seconds_per_step"] * paper["steps"])
+
+
+def _recipe_text(recipe: dict) -> str:
+    schedules = {
+        "linear_warmup": "linear warm-up over the first 10% of the steps, then linear decay to 0",
+        "cosine_warmup": f"linear warm-up over the first 10% of the steps, then cosine decay to "
+                         f"{recipe['min_lr_ratio']:g} of the peak",
+        "cosine_per_epoch": "cosine decay over the epochs to 0 (stepped each epoch), no warm-up",
+    }
+    rates = ", ".join(f"{lr:.2g}" for lr in recipe["learning_rates"])
+    stop = (f", stopped once test accuracy passes {recipe['early_stop_accuracy']}"
+            if recipe["early_stop_accuracy"] is not None else "")
+    return (f"{recipe['train_examples']:,} fixed training sequences, {recipe['epochs']} epochs of batch "
+            f"{recipe['batch_size']} ({recipe['steps']:,} steps{', reshuffled each epoch' if recipe['shuffle'] else ''}"
+            f"), AdamW lr {rates}{' (best reported)' if len(recipe['learning_rates']) > 1 else ''}, betas "
+            f"{tuple(recipe['betas'])}, weight decay {recipe['weight_decay']:g}, no gradient clipping, "
+            f"{schedules[recipe['schedule']]}{stop}; test set {recipe['test_examples']:,} sequences")
+
+
+def _synthetic_report(synthetic: dict) -> list[str]:
+    parts = ["### H3 synthetic tasks", ""]
+    for task_name, task in synthetic.items():
+        parts += [f"**{task_name}** ({task['description']}; {task['layers']} layers, width {task['width']}, "
+                  f"{task['attention_heads']} attention head). Paper's recipe ({task['paper_recipe']['source']}): "
+                  f"{_recipe_text(task['paper_recipe'])}. Run: {task['budget']}. Heuristic floor "
+                  f"**{task['floor']['accuracy']:.3f}** ({task['floor']['heuristic']}, query ignored). Test sequences "
+                  f"also in the training set: {task['test_in_train']}.", "",
+                  "| model | parameters | accuracy (last epoch) | best epoch | H3 paper (table 2) | s / step | "
+                  "paper's budget here, per seed |", "|---|---|---|---|---|---|---|"]
+        for name, entry in task["models"].items():
+            paper = f"{entry['paper'][0]:.3f} ({entry['paper'][1]})" if entry.get("paper") else "-"
+            best = statistics.fmean(r["best_accuracy"] for r in entry["per_seed"])
+            parts.append(f"| {name} | {entry['parameters']:,} | {_figure(entry, 'accuracy', 3)} | {best:.3f} | "
+                         f"{paper} | {entry['seconds_per_step']:.4f} | {_paper_budget_time(task, entry)} |")
+        parts.append(f"| heuristic floor | | {task['floor']['accuracy']:.3f} | | | | |")
+        parts.append("")
+    return parts
+
+
+def _mqar_report(mqar: dict) -> list[str]:
+    settings = list(mqar)
+    first = mqar[settings[0]]
+    parts = ["### MQAR (Zoology)", "",
+             f"Vocabulary {MQAR_VOCAB}, {first['layers']} layers, {first['attention_heads']} attention head; columns "
+             f"are length x pairs @ width, each with Zoology's figure 2 (read off the plot) beside it. Paper's recipe "
+             f"({first['paper_recipe']['source']}): {_recipe_text(first['paper_recipe'])}. Run: {first['budget']}. "
+             "Heuristic floor: a uniform pick among the values of the context. Cells: accuracy over the queries of "
+             "the test set at the best learning rate (which follows).", "",
+             "| model | " + " | ".join(f"{s} | Zoology" for s in settings) + " |",
+             "|---|" + "---|---|" * len(settings)]
+    for name in first["models"]:
+        cells = []
+        for setting in settings:
+            entry = mqar[setting]["models"][name]
+            paper = f"≈{entry['paper']:.2f}" if entry.get("paper") is not None else "-"
+            cells.append(f"{_figure(entry, 'accuracy', 3)}, lr {entry['learning_rate']:.2g} | {paper}")
+        parts.append(f"| {name} | " + " | ".join(cells) + " |")
+    parts.append("| heuristic floor | " + " | ".join(f"{mqar[s]['floor']['accuracy']:.3f} | " for s in settings) + " |")
+    parts += ["", "Seconds per training step (in brackets: the paper's budget at that speed, per seed and learning "
+              "rate, without early stopping): " + "; ".join(f"{name} " + ", ".join(
+                  f"{s} {mqar[s]['models'][name]['seconds_per_step']:.3f} "
+                  f"({_paper_budget_time(mqar[s], mqar[s]['models'][name])})" for s in settings)
+                  for name in first["models"]), ""]
+    return parts
+
+
 def markdown_report(results: dict) -> str:
     machine = results["machine"]
-    parts = ["## Quality", "", f"Hardware: {machine['cpu']}; torch {machine['torch']}, transformers "
-             f"{machine['transformers']}. Command: `{results['command']}`. Mean ± sample std over seeds (n = seeds).",
-             ""]
-    synthetic = results.get("synthetic")
-    if synthetic:
-        tasks = list(synthetic)
-        parts += ["**H3 synthetic tasks** (2 layers, width "
-                  f"{synthetic[tasks[0]]['width']}, {results['settings']['synthetic_steps']} steps): accuracy", "",
-                  "| model | parameters | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
-        for name in synthetic[tasks[0]]["models"]:
-            entries = [synthetic[task]["models"][name] for task in tasks]
-            parts.append(f"| {name} | {entries[0]['parameters']:,} | "
-                         + " | ".join(_figure(entry, "accuracy", 3) for entry in entries) + " |")
-        parts.append("")
-    mqar = results.get("mqar")
-    if mqar:
-        settings = list(mqar)
-        names = list(mqar[settings[0]]["models"])
-        parts += [f"**MQAR** (vocabulary {MQAR_VOCAB}, 2 layers, {results['settings']['mqar_steps']} steps): "
-                  "accuracy; columns are length x pairs @ width", "",
-                  "| model | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
-        for name in names:
-            parts.append(f"| {name} | " + " | ".join(_figure(mqar[s]["models"][name], "accuracy", 3)
-                                                      for s in settings) + " |")
-        parts.append("")
+    load = results["load_average"]
+    parts = ["## Quality", "",
+             f"Hardware: {machine['cpu']} ({machine['cpu_count']} cores, {machine['torch_threads']} torch threads); "
+             f"torch {machine['torch']}, transformers {machine['transformers']}. Load average (1 min) at the start "
+             f"{load['start']:.2f}, at the end {load['end']:.2f}: other processes shared the machine when it is above "
+             f"the thread count. Command: `{results['command']}` ({results['mode']} mode). Mean ± sample std over "
+             "seeds (n = seeds).", ""]
+    if results.get("synthetic"):
+        parts += _synthetic_report(results["synthetic"])
+    if results.get("mqar"):
+        parts += _mqar_report(results["mqar"])
     lm = results.get("lm")
     if lm:
-        parts += [f"**Validation perplexity**, embedded standard-library corpus, {lm['train_tokens']:,} training "
-                  f"tokens, BPE vocabulary {lm['vocab_size']}, width {lm['width']}, {lm['layers']} layers, "
-                  f"length {lm['seq_len']}", "", "| model | parameters | perplexity |", "|---|---|---|"]
+        parts += ["### Validation perplexity", "", f"Embedded standard-library corpus, {lm['train_tokens']:,} "
+                  f"training tokens per model, BPE vocabulary {lm['vocab_size']}, width {lm['width']}, "
+                  f"{lm['layers']} layers, length {lm['seq_len']}.", "",
+                  "| model | parameters | perplexity | s / step |", "|---|---|---|---|"]
         for name, entry in lm["models"].items():
-            parts.append(f"| {name} | {entry['parameters']:,} | {_figure(entry, 'validation_perplexity', 2)} |")
+            parts.append(f"| {name} | {entry['parameters']:,} | {_figure(entry, 'validation_perplexity', 2)} | "
+                         f"{entry['seconds_per_step']:.3f} |")
         parts.append("")
     listops = results.get("listops")
     if listops:
         if "models" not in listops:
             parts += [f"**ListOps**: {listops['status']} ({listops['reason']})", ""]
         else:
-            parts += [f"**ListOps** (lengths {listops['lengths'][0]}-{listops['lengths'][1]}, {listops['steps']} "
-                      f"steps, width {listops['width']}, {listops['layers']} layers): validation accuracy", "",
-                      "| model | parameters | accuracy | majority class |", "|---|---|---|---|"]
+            parts += ["### ListOps", "", f"Lengths {listops['lengths'][0]}-{listops['lengths'][1]}, "
+                      f"{listops['steps']} steps, width {listops['width']}, {listops['layers']} layers: validation "
+                      "accuracy.", "", "| model | parameters | accuracy | majority class |", "|---|---|---|---|"]
             for name, entry in listops["models"].items():
                 if "per_seed" not in entry:  # the fine-tuning run failed
                     parts.append(f"| {name} | - | {entry['status']} | - |")
@@ -347,6 +660,16 @@ def markdown_report(results: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
+QUICK = dict(seeds=[0], budget_fraction=0.01, synthetic_train_examples=64, synthetic_test_examples=64,
+             mqar_configs=[(64, 4), (128, 8)], mqar_widths=[64], mqar_train_examples=64, mqar_test_examples=64,
+             mqar_learning_rates=[ZOOLOGY_MQAR.learning_rates[2]], lm_tokens=16_384, lm_width=32,
+             lm_max_chars=200_000, lm_vocab_size=512, lm_seq_len=64, lm_eval_blocks=32, listops_steps=20,
+             listops_max_length=40, listops_train_size=200)
+FULL = dict(budget_fraction=1.0, mqar_configs=[(64, 4), (128, 8)], mqar_widths=[64, 128], lm_tokens=5_000_000,
+            lm_width=128, lm_max_chars=5_000_000, lm_vocab_size=4096, lm_seq_len=256, lm_eval_blocks=256,
+            listops_steps=2000, listops_max_length=500, listops_train_size=5000)
+
+
 def _mqar_configs(text: str) -> list[tuple[int, int]]:
     """"64:4,128:8" -> [(64, 4), (128, 8)]."""
     try:
@@ -355,26 +678,44 @@ def _mqar_configs(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(f"expected LENGTH:PAIRS,... (e.g. 64:4,128:8), got {text!r}") from None
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny budgets and one seed: checks that it all runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sets, 1%% of the epochs, one seed: checks that every section and task runs")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/bench/quality"))
     parser.add_argument("--sections", type=choice_list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--models", type=choice_list(MODEL_NAMES),
                         help="models of every section (default: each section's own list, see above)")
-    parser.add_argument("--seeds", type=int_list(), help="seeds of model init and training data (full: 0,1,2)")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.1)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--head_dim", type=int, default=16, help="attention head size (heads = width / head_dim)")
-    parser.add_argument("--eval_examples", type=int, help="test sequences per synthetic task")
-    parser.add_argument("--synthetic_steps", type=int)
+    parser.add_argument("--seeds", type=int_list(),
+                        help="seeds of every section (default: synthetic and ListOps 0,1,2, MQAR 0, LM 0,1)")
+    parser.add_argument("--budget_fraction", type=float,
+                        help="fraction of the papers' epochs run by the synthetic and MQAR recipes (full: 1)")
+    parser.add_argument("--synthetic_tasks", type=choice_list(tuple(SYNTHETIC_TASKS)), default=list(SYNTHETIC_TASKS))
     parser.add_argument("--synthetic_width", type=int, default=32)
-    parser.add_argument("--mqar_configs", type=_mqar_configs, help="LENGTH:PAIRS,... (full: 64:4,128:8,256:16)")
-    parser.add_argument("--mqar_widths", type=int_list())
-    parser.add_argument("--mqar_steps", type=int)
-    parser.add_argument("--lm_tokens", type=int, help="training tokens per model (the equal budget)")
+    parser.add_argument("--synthetic_train_examples", type=int, help="fixed training set (paper: 5000)")
+    parser.add_argument("--synthetic_test_examples", type=int, help="test sequences (paper: 500)")
+    parser.add_argument("--mqar_configs", type=_mqar_configs, help="LENGTH:PAIRS,... (full: 64:4,128:8)")
+    parser.add_argument("--mqar_widths", type=int_list(positive_sorted=True), help="(full: 64,128)")
+    parser.add_argument("--mqar_train_examples", type=int, help="fixed training set (Zoology: 100000)")
+    parser.add_argument("--mqar_test_examples", type=int, help="test sequences (Zoology: 3000)")
+    parser.add_argument("--mqar_learning_rates", type=_float_list,
+                        help="learning rates tried, the best reported (Zoology: 1e-4,4.64e-4,2.15e-3,1e-2)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the LM and ListOps sections")
+    parser.add_argument("--weight_decay", type=float, default=0.1, help="weight decay of the LM section")
+    parser.add_argument("--batch_size", type=int, default=64, help="batch size of the LM and ListOps sections")
+    parser.add_argument("--head_dim", type=int, default=16, help="attention head size of the LM and ListOps models")
+    parser.add_argument("--lm_tokens", type=int, help="training tokens per model (the equal budget; full: 5M)")
     parser.add_argument("--lm_width", type=int)
     parser.add_argument("--lm_layers", type=int, default=2)
     parser.add_argument("--lm_seq_len", type=int)
@@ -391,12 +732,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("batch_size", "head_dim", "eval_examples", "synthetic_steps", "mqar_steps", "lm_tokens",
-                "lm_seq_len", "lm_eval_blocks", "listops_steps"):
-        if getattr(args, key) < 1:
-            parser.error(f"--{key} must be positive, got {getattr(args, key)}")
-    if not args.seeds:
+    if args.seeds == []:
         parser.error("--seeds needs at least one seed")
+    for section, seeds in SECTION_SEEDS.items():
+        setattr(args, f"{section}_seeds", args.seeds or seeds)
+    if not 0 < args.budget_fraction <= 1:
+        parser.error(f"--budget_fraction must be in (0, 1], got {args.budget_fraction}")
+    for key in ("batch_size", "head_dim", "synthetic_width", "synthetic_train_examples", "synthetic_test_examples",
+                "mqar_train_examples", "mqar_test_examples", "lm_tokens", "lm_seq_len", "lm_eval_blocks",
+                "listops_steps"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            parser.error(f"--{key} must be positive, got {getattr(args, key)}")
     return args
 
 
@@ -414,6 +760,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python", "scripts/bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
         "mode": "quick" if args.quick else "full",
         "machine": machine_info(torch.device("cpu")),
+        "load_average": {"start": os.getloadavg()[0]},
         "settings": settings,
         "section_seconds": {},
     }
@@ -425,6 +772,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[section] = runners[section](args, models, log)
         results["section_seconds"][section] = time.perf_counter() - begin
         (args.output_dir / "quality.json").write_text(json.dumps(results, indent=2, default=str))
+    results["load_average"]["end"] = os.getloadavg()[0]
     (args.output_dir / "quality.json").write_text(json.dumps(results, indent=2, default=str))
     (args.output_dir / "quality.md").write_text(markdown_report(results))
     log(f"wrote {args.output_dir / 'quality.json'} and quality.md")

@@ -35,6 +35,12 @@ prints its heuristic floor: what a predictor from token counts alone scores (``m
 Seeds (``--seeds`` overrides them all): 3 for the synthetic tasks and ListOps, 1 per learning rate for MQAR (as
 Zoology), 2 for the LM. Figures are mean +- sample standard deviation over the seeds with the seed count; per-seed
 values and per-epoch test accuracies are in the JSON.
+
+The models stay the family's and transformers' own, so they differ from the papers' in a few ways: no dropout
+(both papers: 0.1 on the embeddings and on attention weights); Llama's rotary positions where the papers' attention
+has learned absolute ones; an MLP of 4 x width in every block, where Zoology's MQAR models have none; H3 with state
+size 64 and head size 1 (safari's; Zoology's MQAR H3 has state size = length, head size 2); no weight decay on norms
+and biases (safari decays every parameter but the SSM's).
 """
 
 from __future__ import annotations

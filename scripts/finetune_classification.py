@@ -192,7 +192,7 @@ class FinetuningRun:
 
 def setup(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> FinetuningRun:
     import datasets
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from hamiltonian_transformer.config_from_flags import (
         build_config,
@@ -256,6 +256,9 @@ def setup(model_args: ModelArguments, data_args: DataArguments, training_args: T
         return encoded
 
     encoded = raw.map(encode, batched=True, remove_columns=raw["train"].column_names, desc="Tokenizing")
+    # Trainer seeds only when it is built, after the model: without this the new model, or the fresh score head of a
+    # pretrained one, would start from different random weights in every run (torch's own seed differs per process).
+    set_seed(training_args.seed)
     if pretrained:
         model = load_pretrained_model(AutoModelForSequenceClassification, model_args.model_name_or_path,
                                       "--model_name_or_path", trust_remote_code=model_args.trust_remote_code, **labels)

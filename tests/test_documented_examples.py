@@ -10,6 +10,7 @@ them the test checks that the benchmark script accepts the command's arguments.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -117,10 +118,31 @@ def test_documented_command_runs(workdir, document, command):
     assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
-def test_main_job_wrote_the_folders_the_examples_use(workdir):
+def test_main_job_wrote_hub_ready_folders_with_a_card_and_no_pickle(workdir):
+    from hamiltonian_transformer import hub
+
     for name in ("hamiltonian_transformer", "h3", "listops"):
-        assert (workdir / "outputs" / "main_job" / name / "config.json").is_file()
-    assert (workdir / "outputs" / "main_job" / "summary.json").is_file()
+        folder = workdir / "outputs" / "main_job" / name
+        files = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+        assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "eval_results.json"} <= files
+        assert not [file for file in files if file.endswith(hub.PICKLE_SUFFIXES)], f"pickles in {folder}"
+        card = (folder / "README.md").read_text()
+        assert "trust_remote_code=True" in card and "Training ran all" in card and "cut short" not in card
+        plan = hub.plan_push(folder, f"user/{name}")  # what push_to_hub.py would upload
+        try:
+            assert not plan.notes and set(plan.files) <= files - {"README.md"}
+        finally:
+            plan.cleanup()
+
+
+def test_main_job_ran_every_planned_step_without_a_time_limit(workdir):
+    summary = json.loads((workdir / "outputs" / "main_job" / "summary.json").read_text())
+    assert summary["cut_short"] == []
+    for stage in [*summary["pretraining"].values(), summary["listops"]]:
+        assert stage["steps"] == stage["max_steps"] and stage["stop_reason"] is None
+        recorded = json.loads((workdir / stage["folder"] / "training_args.json").read_text())
+        assert recorded["max_train_minutes"] is None  # the child ran without a time limit
+    assert summary["pretraining"]["h3"]["max_steps"] == 2  # the documented command's --pretrain_steps, shrunk
 
 
 @pytest.mark.parametrize("command", [command for _, command in COMMANDS if script_of(command) in BENCHMARKS])

@@ -86,9 +86,12 @@ def tiny_checkpoint(tmp_path_factory) -> TinyCheckpoint:
     held_out = torch.randint(4, vocab, (8, 16))
     tokenizer = build_tokenizer(vocab)
     probe_ids = tokenizer(PROBE_TEXT, return_tensors="pt").input_ids
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the child processes that load it (hub_env): the same summation order, bit for bit
     with torch.no_grad():
         eval_loss = model(input_ids=held_out, labels=held_out).loss.item()
         logits = model(probe_ids).logits
+    torch.set_num_threads(threads)
 
     path = tmp_path_factory.mktemp("run") / "tiny-checkpoint"
     model.save_pretrained(path)
@@ -122,7 +125,9 @@ def hub_env(endpoint: str, home: Path, token: str | None) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE_"))}
     env |= {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HOME": str(home), "PYTHONPATH": str(REPO_ROOT),
+            # one thread: logits compared bit for bit with the parent's do not depend on how busy the cores are
+            "OMP_NUM_THREADS": "1"}
     if token is not None:
         env["HF_TOKEN"] = token
     return env

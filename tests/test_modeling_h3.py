@@ -67,7 +67,12 @@ def test_save_load_and_trust_remote_code_give_identical_logits(tmp_path):
     assert (tmp_path / "ckpt" / "model.safetensors").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
     assert torch.equal(reloaded(ids).logits, model(ids).logits)
-    torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "expected.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the child (subprocess_env): the same summation order, bit for bit
+    try:
+        torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "expected.pt")
+    finally:
+        torch.set_num_threads(threads)
     script = textwrap.dedent(f"""
         import sys, torch
         sys.modules["hamiltonian_transformer"] = None  # hide the installed package

@@ -1,8 +1,12 @@
 """The Hamiltonian Transformer: energy-penalised attention inside a two-stream symplectic integrator.
 
-    q_0 = embed(tokens),  p_0 = 0 (or a learned map of q_0)
-    layer l:  (q, p) <- integrator step with step size h_l, force F = attention(norm(q)), velocity G = MLP(norm(p))
-    logits  = lm_head(norm(q_L))
+    q_0 = p_0 = embed(tokens)
+    layer l, dynamics "separable" (H = |p|^2/2 + V_attn(q) + V_mlp(q)), symplectic Euler with step size h_l:
+        p <- p + h attention(norm(q));  q <- q + h p;  p <- p + h MLP(norm(q));  q <- q + h p
+    logits  = lm_head(norm(p_L))
+
+With dynamics "mlp_velocity" (the first design) the attention is the force and the MLP the velocity:
+p <- p + h attention(norm(q)); q <- q + h MLP(norm(p)); p_0 = 0 and the head reads norm(q_L).
 
 Notation: b = batch, t = new tokens, s = past + new tokens, h = heads, d = head dim, D = hidden size,
 E = attention evaluations per layer (one per force call of the integrator; each has its own KV-cache slot).
@@ -64,6 +68,12 @@ class LayerOutput(NamedTuple):
 class HamiltonianLayer(GradientCheckpointingLayer):
     """One integrator layer: `evolution_steps` substeps of the configured integrator with step h / steps.
 
+    Dynamics "separable": each substep is two integrator steps with the velocity dq/dt = p, the first with the
+    attention as the force, the second with the MLP (a splitting of H = |p|^2/2 + V_attn(q) + V_mlp(q)). Dynamics
+    "mlp_velocity": one integrator step with the attention as the force and the MLP as the velocity. `force_norm`
+    is the norm before the attention and `velocity_norm` the norm before the MLP under either dynamics (the names
+    are the first design's, kept so that its checkpoints load).
+
     The layer reads and writes its own cache entry: cache layer `layer_idx` holds its E attention evaluations' keys
     and values side by side along the head dimension, (b, E*h, s, w).
     """
@@ -72,6 +82,7 @@ class HamiltonianLayer(GradientCheckpointingLayer):
         super().__init__()
         self.layer_idx = layer_idx
         self.evolution_steps = config.evolution_steps
+        self.separable = config.dynamics == "separable"
         self.step, self.inverse_step, _ = INTEGRATORS[config.integrator]
         self.num_slots = config.force_evaluations_per_layer
         self.initial_step_size = config.step_size
@@ -124,9 +135,9 @@ class HamiltonianLayer(GradientCheckpointingLayer):
         attentions, energies = [], []
         cache_updates, write_cache = self.cache_updates(cache)
 
-        def force(q: torch.Tensor, slot: int) -> torch.Tensor:
-            """F(q): attention on the normalised positions (evaluation `slot` of this layer)."""
-            with replay(("force", self.layer_idx, slot)) if replay else nullcontext():
+        def attention_force(q: torch.Tensor, slot: int) -> torch.Tensor:
+            """Attention on the normalised positions (evaluation `slot` of this layer)."""
+            with replay(("attention", self.layer_idx, slot)) if replay else nullcontext():
                 out, weights, energy = self.attention(
                     self.force_norm(q),
                     position_embeddings,
@@ -143,18 +154,27 @@ class HamiltonianLayer(GradientCheckpointingLayer):
                 energies.append(energy.detach())
             return out
 
-        def velocity(p: torch.Tensor, slot: int) -> torch.Tensor:
-            """G(p): MLP on the normalised momenta."""
-            with replay(("velocity", self.layer_idx, slot)) if replay else nullcontext():
-                return self.dropout(self.mlp(self.velocity_norm(p)))
+        def mlp(x: torch.Tensor, slot: int) -> torch.Tensor:
+            """The MLP on the normalised stream x: q for the separable force, p for the first design's velocity."""
+            with replay(("mlp", self.layer_idx, slot)) if replay else nullcontext():
+                return self.dropout(self.mlp(self.velocity_norm(x)))
 
+        def kinetic_velocity(p: torch.Tensor, slot: int) -> torch.Tensor:
+            """dq/dt = dH/dp = p (unit mass)."""
+            return p
+
+        # (force, velocity) of each integrator step of a substep
+        fields = [(attention_force, kinetic_velocity), (mlp, kinetic_velocity)] if self.separable else [
+            (attention_force, mlp)]
         h = self.step_size() / self.evolution_steps
         if inverse:
             for substep in reversed(range(self.evolution_steps)):
-                q, p = self.inverse_step(q, p, force, velocity, h, substep)
+                for force, velocity in reversed(fields):
+                    q, p = self.inverse_step(q, p, force, velocity, h, substep)
         else:
             for substep in range(self.evolution_steps):
-                q, p = self.step(q, p, force, velocity, h, substep)
+                for force, velocity in fields:
+                    q, p = self.step(q, p, force, velocity, h, substep)
         write_cache()
         return LayerOutput(q, p, tuple(attentions), tuple(energies))
 
@@ -234,6 +254,7 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
             if config.initial_momentum == "learned"
             else None
         )
+        self.reads_momentum = config.dynamics == "separable"  # the head reads p (separable) or q (mlp_velocity)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.layers = nn.ModuleList(HamiltonianLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -294,7 +315,10 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
 
         # 2. the two streams
         q = inputs_embeds
-        p = self.momentum_proj(q) if self.momentum_proj is not None else torch.zeros_like(q)
+        if config.initial_momentum == "embedding":
+            p = inputs_embeds
+        else:
+            p = self.momentum_proj(q) if self.momentum_proj is not None else torch.zeros_like(q)
 
         # 3. the integrator layers
         all_hidden_states, all_attentions, attention_energies, kinetic_energies = [], [], [], []
@@ -327,7 +351,7 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
         else:
             for layer in self.layers:
                 if output_hidden_states:
-                    all_hidden_states.append(q)
+                    all_hidden_states.append(p if self.reads_momentum else q)
                 # reentrant activation checkpointing hands back a plain tuple: rebuild the named one
                 q, p = record(LayerOutput(*layer(q, p, **layer_kwargs, cache=cache)))
         energies = None
@@ -338,8 +362,8 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
                 "step_size": torch.stack([layer.step_size().detach() for layer in self.layers]),
             }
 
-        # 4. read out the positions
-        hidden_states = self.norm(q)
+        # 4. read out the momenta (separable) or the positions (mlp_velocity)
+        hidden_states = self.norm(p if self.reads_momentum else q)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
         return HamiltonianModelOutputWithPast(

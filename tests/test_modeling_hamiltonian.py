@@ -1,5 +1,6 @@
 """The Hamiltonian Transformer as a Hugging Face model: Auto classes, save/load, remote code, generate, Trainer."""
 
+import json
 import subprocess
 import textwrap
 
@@ -50,6 +51,48 @@ def test_auto_classes_build_and_save_load_gives_identical_logits(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), HamiltonianTransformerModel)
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
     assert isinstance(classifier, HamiltonianTransformerForSequenceClassification)
+
+
+def test_a_config_saved_before_dynamics_existed_loads_with_the_dynamics_of_its_weights(tmp_path):
+    """Checkpoints of the first design have no `dynamics` in config.json: they must keep their behaviour, not take
+    today's default (which, on the same weights, gives other logits: the check below can fail)."""
+    old = tiny_model(dynamics="mlp_velocity")
+    old.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["dynamics"] == "mlp_velocity"  # written even though it is not the default
+    del saved["dynamics"]
+    config_file.write_text(json.dumps(saved))
+    ids = torch.randint(0, 99, (2, 9))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (reloaded.config.dynamics, reloaded.config.initial_momentum) == ("mlp_velocity", "zero")
+    assert torch.equal(reloaded(ids).logits, old(ids).logits)
+    as_new = AutoModelForCausalLM.from_pretrained(tmp_path, dynamics="separable").eval()
+    assert not torch.allclose(as_new(ids).logits, old(ids).logits)
+
+
+def test_default_dynamics_is_separable_and_round_trips(tmp_path):
+    config = HamiltonianTransformerConfig()
+    assert (config.dynamics, config.initial_momentum) == ("separable", "embedding")
+    for preset in HamiltonianTransformerConfig.preset_names():
+        assert HamiltonianTransformerConfig.from_preset(preset).dynamics == "separable"
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dynamics"] == "separable"
+    assert HamiltonianTransformerConfig.from_pretrained(tmp_path).dynamics == "separable"
+
+
+def test_separable_head_reads_the_momenta_and_mlp_velocity_the_positions():
+    for dynamics, stream in (("separable", "p"), ("mlp_velocity", "q")):
+        model = tiny_model(dynamics=dynamics).model
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(module, args, output, captured=captured):
+            captured.update(q=output[0], p=output[1])
+
+        handle = model.layers[-1].register_forward_hook(keep)
+        hidden = model(torch.randint(0, 99, (1, 6))).last_hidden_state
+        handle.remove()
+        torch.testing.assert_close(hidden, model.norm(captured[stream]))
 
 
 def test_learned_coefficients_and_step_sizes_survive_save_load(tmp_path):

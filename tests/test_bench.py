@@ -14,6 +14,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH_DIR))
 
 import comparators  # noqa: E402
+import dynamics_ablation  # noqa: E402
 import interleaved_decode  # noqa: E402
 import interleaved_train  # noqa: E402
 import quality  # noqa: E402
@@ -342,3 +343,19 @@ def test_interleaved_decode_times_every_model_each_round_from_the_same_prompt_ca
     assert results["models"]["llama"]["vs_llama"] == 1.0 and results["prompt_len"] == 12
     with pytest.raises(SystemExit):
         interleaved_decode.parse_args(["--tokens", "0"])
+
+
+def test_dynamics_ablation_runs_each_variant_and_seed_in_its_own_process(capsys):
+    summary = dynamics_ablation.main(["--task", "induction", "--steps", "2", "--seeds", "0,1", "--jobs", "2",
+                                      "--variants", 'first={"dynamics": "mlp_velocity"}', "llama"])
+    assert set(summary["variants"]) == {"first", "llama"}
+    for entry in summary["variants"].values():
+        assert set(entry["per_seed"]) == {"0", "1"}
+        assert all(0.0 <= accuracy <= 1.0 for accuracy in entry["per_seed"].values())
+    assert summary["variants"]["first"]["overrides"] == {"dynamics": "mlp_velocity"}
+
+
+@pytest.mark.parametrize("text", ['x={"a": 1', "x", '={"a": 1}', "x=[1]"])
+def test_dynamics_ablation_refuses_malformed_variants(text):
+    with pytest.raises(SystemExit):
+        dynamics_ablation.parse_args(["--variants", text])

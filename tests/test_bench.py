@@ -359,3 +359,9 @@ def test_dynamics_ablation_runs_each_variant_and_seed_in_its_own_process(capsys)
 def test_dynamics_ablation_refuses_malformed_variants(text):
     with pytest.raises(SystemExit):
         dynamics_ablation.parse_args(["--variants", text])
+
+
+@pytest.mark.parametrize("argv", [["--lr", "0"], ["--steps", "0"], ["--seeds", "a"], ["--jobs", "0"]])
+def test_dynamics_ablation_refuses_bad_flags(argv):
+    with pytest.raises(SystemExit):
+        dynamics_ablation.parse_args(argv)

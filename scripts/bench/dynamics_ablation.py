@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="optimizer steps (default: 1000 induction, 3000 mqar)")
     parser.add_argument("--variants", type=parse_variant, nargs="+",
                         help='NAME={"config_field": value, ...} or llama (default: default, mlp_velocity, llama)')
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (quality.py's stream recipe: 3e-3)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: one run, as JSON {variant, overrides, seed}
     args = parser.parse_args(argv)
@@ -74,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.seeds:
         parser.error("--seeds needs at least one seed")
     args.steps = DEFAULT_STEPS[args.task] if args.steps is None else args.steps
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
     for name in ("steps", "jobs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
@@ -81,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_one(task: str, steps: int, overrides: dict | None, seed: int) -> dict:
+def run_one(task: str, steps: int, lr: float, overrides: dict | None, seed: int) -> dict:
     """Trains one model from scratch and returns its test accuracy (in this process, one thread)."""
     import torch
     from comparators import ModelShape, build_model
@@ -108,7 +111,7 @@ def run_one(task: str, steps: int, overrides: dict | None, seed: int) -> dict:
     model = build_model("llama", shape) if overrides is None else build_model(
         "hamiltonian:symplectic_euler", shape, **overrides)
     generator = torch.Generator().manual_seed(seed)
-    figures = train_on_stream(model, lambda: sample(BATCH_SIZE, generator), steps, lr=3e-3, weight_decay=0.1)
+    figures = train_on_stream(model, lambda: sample(BATCH_SIZE, generator), steps, lr=lr, weight_decay=0.1)
     return {**figures, "accuracy": evaluate_accuracy(model, *test, batch_size=256)}
 
 
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.run:
         spec = json.loads(args.run)
-        result = {**spec, **run_one(args.task, args.steps, spec["overrides"], spec["seed"])}
+        result = {**spec, **run_one(args.task, args.steps, args.lr, spec["overrides"], spec["seed"])}
         print(json.dumps(result), flush=True)
         return result
 
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def launch(spec: dict) -> dict:
         command = [sys.executable, str(Path(__file__).resolve()), "--task", args.task, "--steps", str(args.steps),
-                   "--run", json.dumps(spec)]
+                   "--lr", str(args.lr), "--run", json.dumps(spec)]
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if done.returncode:
             raise RuntimeError(f"run {spec} failed:\n{done.stderr[-2000:]}")
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(launch, specs))
-    summary = {"task": args.task, "steps": args.steps, "batch_size": BATCH_SIZE, "variants": {}}
+    summary = {"task": args.task, "steps": args.steps, "lr": args.lr, "batch_size": BATCH_SIZE, "variants": {}}
     for name, overrides in args.variants.items():
         accuracies = [r["accuracy"] for r in results if r["variant"] == name]
         summary["variants"][name] = {"overrides": overrides, "accuracy_mean": statistics.fmean(accuracies),

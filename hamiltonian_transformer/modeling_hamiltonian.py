@@ -254,7 +254,6 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
             if config.initial_momentum == "learned"
             else None
         )
-        self.reads_momentum = config.dynamics == "separable"  # the head reads p (separable) or q (mlp_velocity)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.layers = nn.ModuleList(HamiltonianLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -317,8 +316,11 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
         q = inputs_embeds
         if config.initial_momentum == "embedding":
             p = inputs_embeds
+        elif config.initial_momentum == "learned":
+            p = self.momentum_proj(q)
         else:
-            p = self.momentum_proj(q) if self.momentum_proj is not None else torch.zeros_like(q)
+            p = torch.zeros_like(q)
+        reads_momentum = config.dynamics == "separable"  # the head reads p (separable) or q (mlp_velocity)
 
         # 3. the integrator layers
         all_hidden_states, all_attentions, attention_energies, kinetic_energies = [], [], [], []
@@ -351,7 +353,7 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
         else:
             for layer in self.layers:
                 if output_hidden_states:
-                    all_hidden_states.append(p if self.reads_momentum else q)
+                    all_hidden_states.append(p if reads_momentum else q)
                 # reentrant activation checkpointing hands back a plain tuple: rebuild the named one
                 q, p = record(LayerOutput(*layer(q, p, **layer_kwargs, cache=cache)))
         energies = None
@@ -363,7 +365,7 @@ class HamiltonianTransformerModel(HamiltonianTransformerPreTrainedModel):
             }
 
         # 4. read out the momenta (separable) or the positions (mlp_velocity)
-        hidden_states = self.norm(p if self.reads_momentum else q)
+        hidden_states = self.norm(p if reads_momentum else q)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
         return HamiltonianModelOutputWithPast(

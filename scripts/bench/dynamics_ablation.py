@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: one run, as JSON {variant, overrides, seed}
     args = parser.parse_args(argv)
+    # parsed here rather than with comparators.int_list: importing comparators imports torch, and --help stays light
     try:
         args.seeds = [int(seed) for seed in args.seeds.split(",") if seed]
     except ValueError:
@@ -87,21 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_one(task: str, steps: int, lr: float, overrides: dict | None, seed: int) -> dict:
     """Trains one model from scratch and returns its test accuracy (in this process, one thread)."""
     import torch
-    from comparators import ModelShape, build_model
-    from quality import evaluate_accuracy, train_on_stream
+    from comparators import build_model
+    from quality import _shape, evaluate_accuracy, train_on_stream
 
     from hamiltonian_transformer.data.synthetic import induction_head, multi_query_associative_recall
 
     torch.set_num_threads(1)
     if task == "induction":
-        shape = ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=128,
-                           max_length=31)
+        shape = _shape(vocab_size=20, width=32, layers=2, num_heads=2, max_length=31)
 
         def sample(n: int, generator: torch.Generator):
             return induction_head(n, 20, 30, generator, loss_positions="answer")
     else:
-        shape = ModelShape(vocab_size=8192, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
-                           max_length=64)
+        shape = _shape(vocab_size=8192, width=64, layers=2, num_heads=4, max_length=64)
 
         def sample(n: int, generator: torch.Generator):
             return multi_query_associative_recall(n, 8192, 64, 4, generator)

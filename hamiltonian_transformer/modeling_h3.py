@@ -7,8 +7,9 @@
 
 Training and prefill run the SSMs as FFT convolutions (O(T log T)); the state after a prompt is computed from the whole
 prompt at once; generation then steps each H3 layer in O(1) per token. States live in the transformers Cache: for an H3
-layer, conv state 0 is the shift buffer, recurrent state 0 the SSM state (a real view of the complex state), and conv
-state 1 of the first H3 layer counts the tokens seen (so a pure H3 cache knows its length); attention layers keep KV.
+layer, conv state 0 is the shift window (the cache appends each chunk's key inputs to it, as for Mamba) and recurrent
+state 0 the SSM state (a real view of the complex state); attention layers keep KV. From transformers 5.25 the cache
+counts the tokens it has seen; on older releases conv state 1 of the first H3 layer holds that count.
 
 Notation: b = batch, t = new tokens, s = past + new tokens, D = hidden size.
 """
@@ -25,18 +26,18 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .auto_registration import complete_auto_map
-from .cache_naming import accepts_past_key_values, cache_output, output_cache
+from .cache_conventions import LINEAR_LAYERS_COUNT_TOKENS, accepts_past_key_values, cache_output, output_cache
 from .configuration_h3 import H3Config
 from .energy_attention import EnergyAttention
 from .layers import MLP, RotaryEmbedding
 from .model_inputs import check_model_inputs, padding_positions
 from .ssm import DiagonalSSM, ShiftSSM, at_least_float32, check_positive_int, check_shape
 
-TOKEN_COUNT_STATE = 1  # conv-state slot of the first H3 layer that counts the tokens seen
+TOKEN_COUNT_STATE = 1  # before transformers 5.25: conv-state slot of the first H3 layer that counts the tokens seen
 
 
 def seen_tokens(cache: Cache | None, config: H3Config) -> int:
-    """Tokens already in the cache: from the first H3 layer's counter, or the KV length of a pure-attention model."""
+    """Tokens already in the cache, as its first H3 layer counts them, or the KV length of a pure-attention model."""
     if cache is None:
         return 0
     h3_layers = [i for i, kind in enumerate(config.layer_types) if kind == "linear_attention"]
@@ -44,6 +45,8 @@ def seen_tokens(cache: Cache | None, config: H3Config) -> int:
         return cache.get_seq_length()
     if h3_layers[0] >= len(cache.layers):
         return 0
+    if LINEAR_LAYERS_COUNT_TOKENS:
+        return int(cache.get_seq_length(h3_layers[0]))
     count = cache.get_conv_state(h3_layers[0], TOKEN_COUNT_STATE)
     return 0 if count is None else int(count[0, 0, 0])
 
@@ -63,6 +66,8 @@ class H3Mixer(nn.Module):
         conv_state (b, hidden_size, shift_kernel_size): last shift_kernel_size (masked) K inputs, oldest first.
         ssm_state  (b, hidden_size * head_dim, d_state // 2, 2): the complex diagonal SSM state as a real view,
                    channels ordered (key index i, value index j, head h).
+    A call returns the ssm_state after its tokens, and its (masked) K inputs, which the holder of the conv_state
+    appends to it: `cache.update_conv_state` does that for a transformers Cache, `ShiftSSM.roll_window` for a tensor.
     """
 
     def __init__(
@@ -136,7 +141,8 @@ class H3Mixer(nn.Module):
         """Parallel (FFT) pass over a chunk, continuing from (conv_state, ssm_state) when given.
 
         hidden_states: (b, t, hidden); padding_mask: (b, t), 1 / True for real tokens, or None.
-        Returns (out (b, t, hidden), new conv_state, new ssm_state); the states are None unless return_states.
+        Returns (out (b, t, hidden), K inputs (b, hidden, t) to append to conv_state, new ssm_state); the last two are
+        None unless return_states.
         """
         batch, seq_len, _ = hidden_states.shape
         # 1. projections
@@ -158,9 +164,7 @@ class H3Mixer(nn.Module):
         out = self.o_proj(self._contract(q, s).transpose(1, 2).to(hidden_states.dtype))  # (b, t, hidden)
         if not return_states:
             return out, None, None
-        new_conv_state = self.shift_ssm.roll_window(conv_state, k)
-        new_ssm_state = self._pack_ssm_state(self.diag_ssm.final_state(kv, initial_state), batch)
-        return out, new_conv_state, new_ssm_state
+        return out, k, self._pack_ssm_state(self.diag_ssm.final_state(kv, initial_state), batch)
 
     def step(
         self,
@@ -170,7 +174,8 @@ class H3Mixer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One token, O(1) in the context length. hidden_states: (b, 1, hidden) or (b, hidden).
 
-        Returns (out shaped like hidden_states, new conv_state, new ssm_state); None states start from zeros.
+        Returns (out shaped like hidden_states, K input (b, hidden, 1) to append to conv_state, new ssm_state); None
+        states start from zeros.
         """
         if hidden_states.dim() == 3 and hidden_states.shape[1] != 1:
             raise ValueError(f"step takes one token, got hidden_states of shape {tuple(hidden_states.shape)}")
@@ -187,7 +192,7 @@ class H3Mixer(nn.Module):
         s, state = self.diag_ssm.step(kv, state)  # (b d d, heads)
         # 4. contraction with the queries, output projection
         out = self.o_proj(self._contract(q, s[..., None])[..., 0].to(hidden_states.dtype))  # (b, hidden)
-        return out.view_as(hidden_states), window, self._pack_ssm_state(state, batch)
+        return out.view_as(hidden_states), k, self._pack_ssm_state(state, batch)
 
 
 class H3Block(GradientCheckpointingLayer):
@@ -278,13 +283,15 @@ class H3Block(GradientCheckpointingLayer):
         if padding_mask is not None and bool(padding_mask.all()):
             padding_mask = None
         if cache is not None and conv_state is not None and length == 1 and padding_mask is None:
-            out, conv_state, ssm_state = self.mixer.step(x, conv_state, ssm_state)
+            out, conv_inputs, ssm_state = self.mixer.step(x, conv_state, ssm_state)
         else:
-            out, conv_state, ssm_state = self.mixer(
+            out, conv_inputs, ssm_state = self.mixer(
                 x, padding_mask, conv_state, ssm_state, return_states=cache is not None
             )
         if cache is not None:
-            cache.update_conv_state(conv_state, self.layer_idx)
+            # The cache appends the chunk's K inputs to the shift window, keeps its last shift_kernel_size columns and
+            # (transformers >= 5.25) counts them as tokens seen.
+            cache.update_conv_state(conv_inputs, self.layer_idx, conv_kernel_size=self.mixer.shift_kernel_size)
             cache.update_recurrent_state(ssm_state, self.layer_idx)
         return out
 
@@ -386,7 +393,7 @@ class H3Model(H3PreTrainedModel):
             )
             if weights is not None:
                 all_attentions.append(weights)
-        if cache is not None and "linear_attention" in config.layer_types:
+        if cache is not None and "linear_attention" in config.layer_types and not LINEAR_LAYERS_COUNT_TOKENS:
             first_h3 = config.layer_types.index("linear_attention")
             count = torch.full((batch, 1, 1), past_length + length, dtype=torch.long, device=hidden_states.device)
             cache.update_conv_state(count, first_h3, TOKEN_COUNT_STATE)

@@ -32,7 +32,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .auto_registration import complete_auto_map
-from .cache_naming import accepts_past_key_values, cache_output, output_cache
+from .cache_conventions import accepts_past_key_values, cache_output, output_cache
 from .configuration_hamiltonian import HamiltonianTransformerConfig
 from .energy_attention import CacheUpdate, EnergyAttention
 from .integrators import INTEGRATORS, DropoutReplay, ReversibleSequence

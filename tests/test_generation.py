@@ -21,7 +21,7 @@ from hamiltonian_transformer import (
     HamiltonianTransformerConfig,
     HamiltonianTransformerForCausalLM,
 )
-from hamiltonian_transformer.cache_naming import CACHE_FIELD, output_cache
+from hamiltonian_transformer.cache_conventions import CACHE_FIELD, output_cache
 
 ATOL = RTOL = 1e-4
 VOCAB = 99

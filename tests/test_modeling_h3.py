@@ -9,7 +9,8 @@ from datasets import Dataset
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments
 
 from hamiltonian_transformer import H3Config, H3ForCausalLM, H3ForSequenceClassification
-from hamiltonian_transformer.cache_naming import output_cache
+from hamiltonian_transformer.cache_conventions import LINEAR_LAYERS_COUNT_TOKENS, output_cache
+from hamiltonian_transformer.modeling_h3 import seen_tokens
 
 from .conftest import PYTHON, subprocess_env
 
@@ -44,6 +45,21 @@ def test_prefill_then_step_equals_full_forward_at_every_position(variant):
         out = model(ids[:, t : t + 1], cache=output_cache(out), use_cache=True)
         logits.append(out.logits)
     torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cache_knows_how_many_tokens_it_has_seen(variant):
+    """The model's own count, and `cache.get_seq_length()` (by which generate() continues from a cache) wherever the
+    release answers it: a prompt longer than the shift window, a chunk shorter than it, then single steps."""
+    model = tiny_h3(**VARIANTS[variant])
+    kernel = model.config.shift_kernel_size
+    cache, seen = None, 0
+    for length in [kernel + 3, 2, 1, 1]:
+        cache = output_cache(model(torch.randint(1, 99, (2, length)), cache=cache, use_cache=True))
+        seen += length
+        assert seen_tokens(cache, model.config) == seen
+        if LINEAR_LAYERS_COUNT_TOKENS or "full_attention" in model.config.layer_types:  # else the release refuses
+            assert int(cache.get_seq_length()) == seen
 
 
 def test_decode_state_size_does_not_grow_with_context():

@@ -22,7 +22,7 @@ from hamiltonian_transformer import (
     HamiltonianTransformerForSequenceClassification,
     HamiltonianTransformerModel,
 )
-from hamiltonian_transformer.cache_naming import output_cache
+from hamiltonian_transformer.cache_conventions import output_cache
 
 from .conftest import PYTHON, subprocess_env
 

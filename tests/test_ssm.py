@@ -236,11 +236,14 @@ def test_h3_mixer_prefill_then_steps_equals_full_forward(head_dim):
     x = torch.randn(2, 24, 8)
     with torch.no_grad():
         full, _, _ = mixer(x)
-        prefix, conv_state, ssm_state = mixer(x[:, :10], return_states=True)
-        assert conv_state.shape == (2, 8, 4) and ssm_state.shape == (2, 8 * head_dim, 4, 2)
+        prefix, conv_inputs, ssm_state = mixer(x[:, :10], return_states=True)
+        assert conv_inputs.shape == (2, 8, 10) and ssm_state.shape == (2, 8 * head_dim, 4, 2)
+        conv_state = mixer.shift_ssm.roll_window(None, conv_inputs)
         steps = [prefix]
         for t in range(10, x.shape[1]):
-            out, conv_state, ssm_state = mixer.step(x[:, t : t + 1], conv_state, ssm_state)
+            out, conv_inputs, ssm_state = mixer.step(x[:, t : t + 1], conv_state, ssm_state)
+            assert conv_inputs.shape == (2, 8, 1)
+            conv_state = mixer.shift_ssm.roll_window(conv_state, conv_inputs)
             steps.append(out)
     assert relative_error(torch.cat(steps, dim=1), full) < 1e-4
 
@@ -250,13 +253,14 @@ def test_h3_mixer_chunked_prefill_equals_one_forward_including_states(head_dim):
     mixer = H3Mixer(8, head_dim=head_dim, d_state=8, shift_kernel_size=6)
     x = torch.randn(2, 30, 8)
     with torch.no_grad():
-        full, conv_full, ssm_full = mixer(x, return_states=True)
+        full, inputs_full, ssm_full = mixer(x, return_states=True)
         chunks, conv_state, ssm_state = [], None, None
         for chunk in x.split([4, 1, 25], dim=1):  # shorter than the shift window, a single token, the rest
-            out, conv_state, ssm_state = mixer(chunk, None, conv_state, ssm_state, return_states=True)
+            out, conv_inputs, ssm_state = mixer(chunk, None, conv_state, ssm_state, return_states=True)
+            conv_state = mixer.shift_ssm.roll_window(conv_state, conv_inputs)
             chunks.append(out)
     assert relative_error(torch.cat(chunks, dim=1), full) < 1e-5
-    assert relative_error(conv_state, conv_full) < 1e-6
+    assert relative_error(conv_state, mixer.shift_ssm.roll_window(None, inputs_full)) < 1e-6
     assert relative_error(ssm_state, ssm_full) < 1e-5
 
 
@@ -266,11 +270,11 @@ def test_h3_mixer_left_padding_leaves_real_tokens_and_states_unchanged():
     padded = torch.cat([torch.randn(1, 5, 8), real], dim=1)  # pad embeddings are arbitrary, not zero
     mask = torch.cat([torch.zeros(1, 5), torch.ones(1, 12)], dim=1).bool()
     with torch.no_grad():
-        out, conv_state, ssm_state = mixer(real, return_states=True)
-        out_padded, conv_padded, ssm_padded = mixer(padded, mask, return_states=True)
+        out, conv_inputs, ssm_state = mixer(real, return_states=True)
+        out_padded, inputs_padded, ssm_padded = mixer(padded, mask, return_states=True)
         next_token = torch.randn(1, 1, 8)
-        step, _, _ = mixer.step(next_token, conv_state, ssm_state)
-        step_padded, _, _ = mixer.step(next_token, conv_padded, ssm_padded)
+        step, _, _ = mixer.step(next_token, mixer.shift_ssm.roll_window(None, conv_inputs), ssm_state)
+        step_padded, _, _ = mixer.step(next_token, mixer.shift_ssm.roll_window(None, inputs_padded), ssm_padded)
     assert relative_error(out_padded[:, 5:], out) < 1e-5
     assert relative_error(ssm_padded, ssm_state) < 1e-5
     assert relative_error(step_padded, step) < 1e-5
@@ -304,9 +308,10 @@ def test_h3_mixer_runs_in_bfloat16_close_to_float32():
     mixer = H3Mixer(8, head_dim=2, d_state=8, shift_kernel_size=4)
     x = torch.randn(2, 16, 8)
     with torch.no_grad():
-        out32, conv_state, ssm_state = mixer(x, return_states=True)
+        out32, conv_inputs, ssm_state = mixer(x, return_states=True)
         mixer_bf16 = copy.deepcopy(mixer).bfloat16()
         out16, _, _ = mixer_bf16(x.bfloat16())
+        conv_state = mixer.shift_ssm.roll_window(None, conv_inputs)
         step16, _, _ = mixer_bf16.step(x[:, :1].bfloat16(), conv_state.bfloat16(), ssm_state)
     assert out16.dtype == step16.dtype == torch.bfloat16
     assert relative_error(out16, out32) < 5e-2

@@ -20,7 +20,7 @@ from comparators import MODEL_NAMES, ModelShape, build_model, choice_list
 from interleaved_train import interleaved_rounds
 from measure import machine_info
 
-from hamiltonian_transformer.cache_naming import CACHE_FIELD, output_cache
+from hamiltonian_transformer.cache_conventions import CACHE_FIELD, output_cache
 
 WARMUP_ROUNDS = 2
 

@@ -1,10 +1,14 @@
-"""The name of the generation cache in the installed transformers release.
+"""What the installed transformers release expects of a generation cache: its name, and who counts its tokens.
 
 transformers 5.24 renamed the cache keyword of `forward()` / `prepare_inputs_for_generation()` and the cache field of
 model outputs from `past_key_values` to `cache` (and deprecated the old names with `deprecate_kwarg`). The family
 supports releases on both sides of the rename, so its models take `cache`, accept `past_key_values` the way the
 installed release does (a FutureWarning where the release itself has renamed it, a silent rename on older releases
 whose `generate()` still passes the old name), and fill whichever output field the release declares.
+
+transformers 5.25 made a linear-attention cache layer count the tokens appended to its first conv state, so that
+`cache.get_seq_length()` (which `generate()` asks when it continues from a cache) answers for H3 and Mamba layers too;
+older releases have no such count, and a cache of only linear-attention layers refuses the question.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
 CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 """The cache field of model outputs, and the cache keyword `generate()` passes, in the installed release."""
+
+LINEAR_LAYERS_COUNT_TOKENS = hasattr(LinearAttentionCacheLayerMixin, "increase_count")
+"""Whether a linear-attention cache layer counts its tokens itself (transformers >= 5.25)."""
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from .cache_conventions import LINEAR_LAYERS_COUNT_TOKENS
 from .config_checks import ValidatedConfig, check_bool, check_choice, check_divides, check_int, check_number
 from .energy_settings import EnergySettings
 from .presets import PresetMixin
@@ -147,4 +148,6 @@ class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
         self.layer_types = [
             "full_attention" if i in self.attn_layer_idx else "linear_attention" for i in range(self.num_hidden_layers)
         ]
-        self.number_of_conv_states = 2
+        # Conv state 1 (the token count) only where the release's cache does not count (before 5.25): an unused
+        # conv state would break `Cache.crop` (assisted decoding), which visits every state.
+        self.number_of_conv_states = 1 if LINEAR_LAYERS_COUNT_TOKENS else 2

@@ -137,12 +137,16 @@ class H3Mixer(nn.Module):
         conv_state: torch.Tensor | None = None,
         ssm_state: torch.Tensor | None = None,
         return_states: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        states_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | list[torch.Tensor] | None]:
         """Parallel (FFT) pass over a chunk, continuing from (conv_state, ssm_state) when given.
 
         hidden_states: (b, t, hidden); padding_mask: (b, t), 1 / True for real tokens, or None.
         Returns (out (b, t, hidden), K inputs (b, hidden, t) to append to conv_state, new ssm_state); the last two are
-        None unless return_states.
+        None unless return_states. With states_to_keep = n > 0 the SSM state is instead the list of the states after
+        each of the last min(n, t) + 1 tokens (oldest first; the state before the chunk stands for "after token 0"),
+        from which a cache recording its past (assisted decoding) can roll back by up to n tokens: it keeps all but
+        the last as history, and a chunk may be longer than n (prompt lookup's first call: prompt and candidates).
         """
         batch, seq_len, _ = hidden_states.shape
         # 1. projections
@@ -164,7 +168,20 @@ class H3Mixer(nn.Module):
         out = self.o_proj(self._contract(q, s).transpose(1, 2).to(hidden_states.dtype))  # (b, t, hidden)
         if not return_states:
             return out, None, None
-        return out, k, self._pack_ssm_state(self.diag_ssm.final_state(kv, initial_state), batch)
+        if states_to_keep <= 0:
+            return out, k, self._pack_ssm_state(self.diag_ssm.final_state(kv, initial_state), batch)
+        split = seq_len - min(states_to_keep, seq_len)  # the states after tokens split, ..., seq_len
+        if split:
+            state = self.diag_ssm.final_state(kv[..., :split], initial_state)
+        elif initial_state is not None:
+            state = initial_state
+        else:
+            state = kv.new_zeros(*kv.shape[:2], self.d_state // 2, dtype=self.diag_ssm.discretize()[0].dtype)
+        states = [self._pack_ssm_state(state, batch)]
+        for t in range(split, seq_len):
+            _, state = self.diag_ssm.step(kv[..., t], state)
+            states.append(self._pack_ssm_state(state, batch))
+        return out, k, states
 
     def step(
         self,
@@ -276,9 +293,17 @@ class H3Block(GradientCheckpointingLayer):
     def h3(self, x: torch.Tensor, attention_mask, cache: Cache | None) -> torch.Tensor:
         length = x.shape[1]
         conv_state = ssm_state = None
+        states_to_keep = 0
         if cache is not None:
             conv_state = cache.get_conv_state(self.layer_idx)
             ssm_state = cache.get_recurrent_state(self.layer_idx)
+            width = self.mixer.shift_kernel_size
+            if conv_state is not None and conv_state.shape[-1] != width:
+                # A cache recording its past for assisted decoding (transformers >= 5.25) keeps every appended input,
+                # unpadded, until it is cropped: the shift window is its last `width` columns (zeros before the first).
+                conv_state = nn.functional.pad(conv_state[..., -width:], (max(0, width - conv_state.shape[-1]), 0))
+            if hasattr(cache, "get_recurrent_states_to_keep"):
+                states_to_keep = cache.get_recurrent_states_to_keep(self.layer_idx)
         padding_mask = None if attention_mask is None else attention_mask[:, -length:]
         if padding_mask is not None and bool(padding_mask.all()):
             padding_mask = None
@@ -286,7 +311,7 @@ class H3Block(GradientCheckpointingLayer):
             out, conv_inputs, ssm_state = self.mixer.step(x, conv_state, ssm_state)
         else:
             out, conv_inputs, ssm_state = self.mixer(
-                x, padding_mask, conv_state, ssm_state, return_states=cache is not None
+                x, padding_mask, conv_state, ssm_state, return_states=cache is not None, states_to_keep=states_to_keep
             )
         if cache is not None:
             # The cache appends the chunk's K inputs to the shift window, keeps its last shift_kernel_size columns and
@@ -304,7 +329,9 @@ class H3PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["H3Block"]
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True  # config._attn_implementation picks the attention layers' literal path or SDPA
-    _is_stateful = True
+    # transformers < 5.25 refuses assisted decoding for stateful models (`_is_stateful`); 5.25 dropped the attribute
+    # and rolls linear-attention caches back instead, which H3 layers support there (per-token SSM states on request).
+    _is_stateful = not LINEAR_LAYERS_COUNT_TOKENS
 
     def __init__(self, config, *inputs, **kwargs):
         config.validate()  # a config changed after construction must not build a broken model
@@ -420,6 +447,10 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         self.post_init()
 
     def _supports_default_dynamic_cache(self) -> bool:
+        # From transformers 5.25 a cache of only linear-attention layers counts its tokens, so generate() may build it
+        # (which assisted decoding needs: it refuses to run without a prepared cache).
+        if LINEAR_LAYERS_COUNT_TOKENS:
+            return True
         # generate() asks a cache it prepares for its length, which transformers 5.x refuses for a cache of only
         # linear-attention layers. A pure H3 model therefore builds DynamicCache(config=...) itself on the first
         # forward, and generate() carries it on from the outputs (Mamba escapes the same check by naming its cache
@@ -428,10 +459,12 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
 
     @accepts_past_key_values
     def prepare_inputs_for_generation(
-        self, input_ids, next_sequence_length=None, cache=None, attention_mask=None, **kwargs
+        self, input_ids, next_sequence_length=None, cache=None, attention_mask=None, inputs_embeds=None, **kwargs
     ):
-        # generate() continuing from a cache of only linear-attention layers (pure H3) passes the whole sequence,
-        # because such a cache has no get_seq_length(); feed the model only the tokens its state has not seen.
+        # `inputs_embeds` is named, not left in **kwargs: generate() looks for it in this signature and otherwise
+        # refuses `generate(inputs_embeds=...)` ("doesn't have its forwarding implemented").
+        # transformers 5.24's generate() continuing from a cache of only linear-attention layers (pure H3) passes the
+        # whole sequence, because such a cache has no get_seq_length() there; feed the model only the unseen tokens.
         if next_sequence_length is None and cache is not None:
             seen = seen_tokens(cache, self.config)
             if 0 < seen < input_ids.shape[1]:
@@ -439,7 +472,8 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         # A cache of linear-attention layers counts as compilable, for which generate() turns the 2D padding mask into
         # 4D causal masks; the H3 layers need the 2D mask (which tokens are padding), the attention layers build theirs.
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length, attention_mask=None, **cache_output(cache), **kwargs
+            input_ids, next_sequence_length, attention_mask=None, inputs_embeds=inputs_embeds, **cache_output(cache),
+            **kwargs,
         )
         model_inputs["attention_mask"] = attention_mask
         return model_inputs
@@ -495,6 +529,11 @@ class H3ForSequenceClassification(GenericForSequenceClassification, H3PreTrained
         self.model = H3Model(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
+
+    # transformers' generic forward renames only `past_key_values`; a cache passed as `cache_params` (Mamba's old
+    # name, the one transformers' own BC test uses for a cache of only linear-attention layers) would reach the base
+    # model beside `cache=None` and be dropped there. Rename both old names before the generic forward.
+    forward = accepts_past_key_values(GenericForSequenceClassification.forward)
 
 
 __all__ = ["H3PreTrainedModel", "H3Model", "H3ForCausalLM", "H3ForSequenceClassification"]

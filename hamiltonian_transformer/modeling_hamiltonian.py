@@ -461,6 +461,10 @@ class HamiltonianTransformerForSequenceClassification(
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
+    # transformers' generic forward renames only `past_key_values`; a cache passed as `cache_params` would reach the
+    # base model beside `cache=None` and be dropped there. Rename both old names before the generic forward.
+    forward = accepts_past_key_values(GenericForSequenceClassification.forward)
+
 
 __all__ = [
     "HamiltonianTransformerPreTrainedModel",

@@ -18,10 +18,12 @@ import torch
 from hamiltonian_transformer import (
     H3Config,
     H3ForCausalLM,
+    H3ForSequenceClassification,
     HamiltonianTransformerConfig,
     HamiltonianTransformerForCausalLM,
+    HamiltonianTransformerForSequenceClassification,
 )
-from hamiltonian_transformer.cache_conventions import CACHE_FIELD, output_cache
+from hamiltonian_transformer.cache_conventions import CACHE_FIELD, LINEAR_LAYERS_COUNT_TOKENS, output_cache
 
 ATOL = RTOL = 1e-4
 VOCAB = 99
@@ -185,6 +187,63 @@ def test_sampling_with_fixed_seed_has_full_forward_logits_and_repeats(name):
         runs.append(model.generate(ids, attention_mask=mask, **sample))
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     generated_logits_equal_per_row_forward(model, mask, runs[0], "sampling")
+
+
+@pytest.mark.parametrize("assistant", ["prompt-lookup", "assistant-model"])
+@pytest.mark.parametrize("name", ["hamiltonian-symplectic_euler", "hamiltonian-leapfrog", "h3-pure", "h3-hybrid"])
+def test_assisted_decoding_has_full_forward_logits(name, assistant):
+    """Assisted decoding verifies several candidate tokens in one forward, then crops the cache back to the accepted
+    ones: each kept step's logits must still be those of a full forward. A repetitive prompt makes prompt lookup
+    propose candidates; the model as its own assistant proposes candidates that are all accepted."""
+    model = build(name)
+    ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]])
+    extra = dict(prompt_lookup_num_tokens=3) if assistant == "prompt-lookup" else dict(assistant_model=model)
+
+    def assisted():
+        return model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
+                              return_dict_in_generate=True, output_logits=True, **extra)
+
+    if name.startswith("h3") and not LINEAR_LAYERS_COUNT_TOKENS:
+        # before transformers 5.25 a recurrent state cannot be rolled back: H3 is `_is_stateful` there, as Mamba
+        with pytest.raises(ValueError, match="stateful"):
+            assisted()
+        return
+    generated_logits_equal_per_row_forward(model, torch.ones_like(ids), assisted(), assistant)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_generate_from_inputs_embeds_has_full_forward_logits(name):
+    model = build(name)
+    torch.manual_seed(5)
+    ids, mask, rows = left_padded([6, 3])
+    out = model.generate(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask, max_new_tokens=5,
+                         min_new_tokens=5, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                         output_logits=True)
+    assert out.sequences.shape == (2, 5)  # generate() from embeddings returns the new tokens only
+    full = [torch.cat([row, out.sequences[r]]) for r, row in enumerate(rows)]
+    expected = per_row_logits(model, full)
+    for k, step_logits in enumerate(out.logits):
+        for r, row in enumerate(rows):
+            assert_logits(step_logits[r], expected[r][len(row) + k - 1], f"inputs_embeds: step {k} row {r}")
+
+
+@pytest.mark.parametrize("old_name", ["past_key_values", "cache_params"])
+@pytest.mark.parametrize("classifier", [HamiltonianTransformerForSequenceClassification, H3ForSequenceClassification])
+@torch.no_grad()
+def test_sequence_classifiers_take_the_cache_under_its_old_names(classifier, old_name):
+    """transformers' generic classification forward renames only `past_key_values` and passes `cache=None` on: a
+    cache given as `cache_params` must still reach the base model, not be dropped beside that None."""
+    config_class = H3Config if classifier is H3ForSequenceClassification else HamiltonianTransformerConfig
+    torch.manual_seed(0)
+    model = classifier(config_class.from_preset("tiny", pad_token_id=0)).eval()
+    ids = torch.randint(1, VOCAB, (2, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old names are deprecated from transformers 5.24 on
+        prefix = model(ids[:, :4], use_cache=True)
+        cache = output_cache(prefix)
+        out = model(ids[:, 4:], use_cache=True, **{old_name: cache})
+    assert output_cache(out) is cache
+    torch.testing.assert_close(out.logits, model(ids, use_cache=False).logits, atol=ATOL, rtol=RTOL)
 
 
 @pytest.mark.parametrize("name", ["hamiltonian-leapfrog", "h3-hybrid"])

@@ -54,7 +54,7 @@ def test_both_configs_take_the_energy_settings_from_one_definition():
         for name in ENERGY_SETTINGS:
             assert fields[name].type == shared[name].type
     # Only lambda's default differs: the H3 hybrid's attention layers are plain causal attention by default.
-    assert HamiltonianTransformerConfig().energy_lambda == 0.1 and H3Config().energy_lambda == 0.0
+    assert HamiltonianTransformerConfig().energy_lambda == 0.01 and H3Config().energy_lambda == 0.0
 
 
 @pytest.mark.parametrize("config_class", CONFIGS)

@@ -71,6 +71,20 @@ def test_a_config_saved_before_dynamics_existed_loads_with_the_dynamics_of_its_w
     assert not torch.allclose(as_new(ids).logits, old(ids).logits)
 
 
+def test_a_checkpoint_keeps_its_energy_lambda_when_the_default_changes(tmp_path):
+    """The default lambda went from 0.1 to 0.01; config.json always carries the value the weights were trained with
+    (also when it was the default then), so such a checkpoint keeps 0.1 and its logits."""
+    old = tiny_model(energy_lambda=0.1)
+    old.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["energy_lambda"] == 0.1
+    ids = torch.randint(0, 99, (2, 9))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.energy_lambda == 0.1
+    assert torch.equal(reloaded(ids).logits, old(ids).logits)
+    HamiltonianTransformerConfig().save_pretrained(tmp_path / "default")  # the default itself is written too
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["energy_lambda"] == 0.01
+
+
 def test_default_dynamics_is_separable_and_round_trips(tmp_path):
     config = HamiltonianTransformerConfig()
     assert (config.dynamics, config.initial_momentum) == ("separable", "embedding")

@@ -96,6 +96,13 @@ def cache_width(head_dim: int, uses_energy: bool) -> int:
     return head_dim + 1 if uses_energy else head_dim
 
 
+def kernel_width(head_dim: int, uses_energy: bool) -> int:
+    """Head width of the augmented vectors when no cache is kept (training, scoring): d + 1 rounded up to a multiple
+    of 8 when the energy term is on. The fused CPU kernel's backward is slow at odd widths (forward + backward at
+    T = 2048, 8 heads: 236 ms at 65 columns, 177 ms at 72, 163 ms at 64), and GPU kernels want multiples of 8."""
+    return -(-(head_dim + 1) // 8) * 8 if uses_energy else head_dim
+
+
 def augment_keys(key: torch.Tensor, width: int) -> torch.Tensor:
     """k~ = [k, |k|^2, 0..] of `width` columns (or k itself when width == d). key (b, h, s, d) -> (b, h, s, width).
 
@@ -103,9 +110,10 @@ def augment_keys(key: torch.Tensor, width: int) -> torch.Tensor:
     head_dim = key.shape[-1]
     if width == head_dim:
         return key
-    key_aug = F.pad(key, (0, width - head_dim))
-    key_aug[..., head_dim] = torch.einsum("...d,...d->...", key, key)  # |k|^2, faster than square().sum() on CPU
-    return key_aug
+    # One cat (forward and backward): 1.4 ms forward + backward at (1, 8, 2048, 64) against 5.7 ms for a pad, an
+    # einsum and a column write, and 10 us against 31 us for one decoding token (2-core CPU).
+    padding = key.new_zeros(*key.shape[:-1], width - head_dim - 1)
+    return torch.cat([key, key.square().sum(-1, keepdim=True), padding], dim=-1)
 
 
 def pad_values(value: torch.Tensor, width: int) -> torch.Tensor:
@@ -124,8 +132,8 @@ def augment_queries(query: torch.Tensor, c: torch.Tensor | float, penalty: torch
     if penalty is None:
         return query * c
     penalty_column = (-penalty).to(query.dtype).view(1, -1, 1, 1).expand(*query.shape[:-1], 1)
-    query_aug = torch.cat([query * c, penalty_column], dim=-1)  # (b, h, t, d + 1)
-    return query_aug if width == query_aug.shape[-1] else F.pad(query_aug, (0, width - query_aug.shape[-1]))
+    padding = query.new_zeros(*query.shape[:-1], width - query.shape[-1] - 1)
+    return torch.cat([query * c, penalty_column, padding], dim=-1)  # (b, h, t, width)
 
 
 def energy_attention(
@@ -252,7 +260,8 @@ class EnergyAttention(nn.Module):
     The module holds no state between calls: a caller with a cache passes `cache_update` (its `Cache.update` for this
     attention), which stores the new keys and values and returns the history. The cache holds the keys augmented with
     their |k|^2 column and the values zero-padded to the same width (`cache_width`: head_dim + 1 with the energy term
-    on, head_dim without it), so decoding augments and pads only the new token.
+    on, head_dim without it), so decoding augments and pads only the new token. Without a cache the vectors are padded
+    to `kernel_width` instead (a multiple of 8), where the fused kernels run faster.
     """
 
     def __init__(
@@ -279,6 +288,7 @@ class EnergyAttention(nn.Module):
         self.learnable_energy = learnable_energy
         self.uses_energy = learnable_energy or energy_lambda != 0.0
         self.cache_width = cache_width(self.head_dim, self.uses_energy)
+        self.kernel_width = kernel_width(self.head_dim, self.uses_energy)
         self.init_values = (energy_lambda, energy_alpha, energy_beta, energy_gamma)
 
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
@@ -357,10 +367,11 @@ class EnergyAttention(nn.Module):
             cos, sin = position_embeddings
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
 
-        # 1. keys and values in their cached form; the cache hands back the whole history (b, h, s, w)
-        key, value = augment_keys(key, self.cache_width), pad_values(value, self.cache_width)
+        # 1. augmented keys and values, in their cached form when there is a cache, which hands back the whole history
+        width = self.kernel_width if cache_update is None else self.cache_width
+        key, value = augment_keys(key, width), pad_values(value, width)  # (b, h, t, w)
         if cache_update is not None:
-            key, value = cache_update(key, value)
+            key, value = cache_update(key, value)  # (b, h, s, w)
         key_length = key.shape[-2]
         key_padding_mask = None if attention_mask is None else attention_mask[:, -key_length:].bool()
 
@@ -387,7 +398,7 @@ class EnergyAttention(nn.Module):
         else:
             c = coefficients["c"] if self.uses_energy else 1.0 / math.sqrt(self.head_dim)
             penalty = coefficients["penalty"] if self.uses_energy else None
-            query_aug = augment_queries(query, c, penalty, self.cache_width)
+            query_aug = augment_queries(query, c, penalty, width)
 
             def attend(values: torch.Tensor, p: float = 0.0) -> torch.Tensor:
                 if use_blocks:

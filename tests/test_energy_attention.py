@@ -173,6 +173,25 @@ def test_cached_keys_are_augmented_once_and_decoding_equals_the_full_pass(energy
         torch.testing.assert_close(key[..., 8], key[..., :8].square().sum(-1))  # |k|^2 column, written once
 
 
+@pytest.mark.parametrize(("energy_lambda", "widths"), [(0.3, (16, 9)), (0.0, (8, 8))])
+def test_sdpa_runs_at_a_multiple_of_8_without_a_cache_and_at_the_cache_width_with_one(energy_lambda, widths,
+                                                                                      monkeypatch):
+    """Head dim 8: without a cache the augmented vectors are padded to kernel_width (16), which the fused kernels
+    run faster than 9 columns; with a cache they stay at its width, head_dim + 1 (the equality of the two paths is the
+    test above)."""
+    module = EnergyAttention(16, 2, energy_lambda=energy_lambda, energy_gamma=0.4).eval()
+    seen = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: seen.append((q.shape[-1], k.shape[-1], v.shape[-1])) or original(
+                            q, k, v, **kw))
+    x = torch.randn(2, 5, 16)
+    module(x)
+    module(x, cache_update=lambda key, value: (key, value))
+    assert seen == [(widths[0],) * 3, (widths[1],) * 3]
+    assert (module.kernel_width, module.cache_width) == widths
+
+
 def test_eager_implementation_runs_the_literal_formula_not_sdpa(monkeypatch):
     module = EnergyAttention(16, 2, energy_lambda=0.3, energy_gamma=0.4).double()
     x = torch.randn(1, 5, 16, dtype=torch.float64)

@@ -171,12 +171,7 @@ class H3Mixer(nn.Module):
         if states_to_keep <= 0:
             return out, k, self._pack_ssm_state(self.diag_ssm.final_state(kv, initial_state), batch)
         split = seq_len - min(states_to_keep, seq_len)  # the states after tokens split, ..., seq_len
-        if split:
-            state = self.diag_ssm.final_state(kv[..., :split], initial_state)
-        elif initial_state is not None:
-            state = initial_state
-        else:
-            state = kv.new_zeros(*kv.shape[:2], self.d_state // 2, dtype=self.diag_ssm.discretize()[0].dtype)
+        state = self.diag_ssm.final_state(kv[..., :split], initial_state)  # no tokens: the initial state, or zeros
         states = [self._pack_ssm_state(state, batch)]
         for t in range(split, seq_len):
             _, state = self.diag_ssm.step(kv[..., t], state)

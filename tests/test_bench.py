@@ -49,6 +49,14 @@ def test_h3_variants_set_attention_layers_and_shift_length():
     assert no_shift.attn_layer_idx == [] and no_shift.shift_kernel_size == 1
 
 
+def test_config_overrides_reach_every_model_and_unknown_fields_are_named():
+    shape = comparators.ModelShape.from_preset("tiny", max_length=16)
+    for name in ("llama", "h3", "hamiltonian:symplectic_euler"):
+        assert comparators.model_config(name, shape, attention_dropout=0.1)[1].attention_dropout == 0.1
+    with pytest.raises(ValueError, match=r"\['energy_lambda'\] are not fields of LlamaConfig"):
+        comparators.model_config("llama", shape, energy_lambda=0.1)
+
+
 def test_unknown_benchmark_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown"):
         comparators.build_model("gpt5", comparators.ModelShape.from_preset("tiny", 16))
@@ -207,6 +215,10 @@ def test_quality_defaults_are_the_papers_recipes_seeds_and_settings():
     assert zoology == quality.ZOOLOGY_MQAR and zoology.steps == 196 * 64 and zoology.batch_size == 512
     assert zoology.learning_rates == pytest.approx((1e-4, 4.6416e-4, 2.1544e-3, 1e-2), rel=1e-4)
     assert zoology.early_stop_accuracy == 0.99 and not zoology.shuffle
+    # dropout of the papers' models: safari's h3/s4d/transformer.yaml, zoology/config.py
+    assert (recall.embedding_dropout, recall.attention_dropout) == (0.1, 0.1)
+    assert (induction.embedding_dropout, induction.attention_dropout) == (0.1, 0.1)
+    assert (zoology.embedding_dropout, zoology.attention_dropout) == (0.1, 0.0)
 
 
 def _lr_after(schedule, steps: int) -> float:
@@ -291,6 +303,42 @@ def test_fixed_set_training_lowers_the_loss_and_scores_every_epoch():
     assert figures["epochs"] == 30 and figures["steps"] == 30 and len(figures["accuracy_by_epoch"]) == 30
     assert figures["train_loss_by_epoch"][-1] < figures["train_loss_by_epoch"][0]
     assert figures["best_accuracy"] == max(figures["accuracy_by_epoch"]) and figures["seconds_per_step"] > 0
+
+
+def test_fixed_set_training_drops_embeddings_only_while_training_and_removes_its_hook():
+    train_set = induction_head(32, generator=torch.Generator().manual_seed(3))
+    test_set = induction_head(16, generator=torch.Generator().manual_seed(4), loss_positions="answer")
+    losses = {}
+    for p in (0.0, 0.5):
+        model = _tiny_llama()
+        seen: list[bool] = []
+        embeddings = model.get_input_embeddings()
+        embeddings.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(module.training))
+        torch.manual_seed(0)
+        figures = quality.train_fixed_set(model, train_set, test_set, _tiny_recipe(epochs=2, embedding_dropout=p),
+                                          lr=3e-3, seed=0)
+        losses[p] = figures["train_loss_by_epoch"]
+        assert len(model.get_input_embeddings()._forward_hooks) == 0  # the recipe's hook is gone after training
+        assert seen == [True, False, True, False]  # train step, evaluation, per epoch
+        model.eval()
+        embedded = model.get_input_embeddings()(test_set[0])
+        assert torch.equal(embedded, model.get_input_embeddings().weight[test_set[0]])  # no dropout left behind
+    assert losses[0.5][0] != pytest.approx(losses[0.0][0], rel=1e-4)  # same data, init and order: only the dropout
+
+
+def test_recall_models_build_each_model_with_the_recipe_attention_dropout(monkeypatch):
+    built = []
+
+    def record(model, train_set, test_set, recipe, lr, seed):
+        built.append(model.config.attention_dropout)
+        return {"accuracy": 0.5, "best_accuracy": 0.5, "seconds_per_step": 0.1}
+
+    monkeypatch.setattr(quality, "train_fixed_set", record)
+    shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
+                                   max_length=31)
+    recipe = _tiny_recipe(attention_dropout=0.25)
+    quality.recall_models(["llama", "h3"], shape, [0], recipe, None, None, log=lambda message: None, label="t")
+    assert built == [0.25, 0.25]
 
 
 def test_fixed_set_training_stops_early_once_the_threshold_is_passed():

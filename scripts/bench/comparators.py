@@ -145,7 +145,7 @@ def matched_mamba_config(shape: ModelShape) -> MambaConfig:
 
 
 def model_config(name: str, shape: ModelShape, **overrides: Any):
-    """(model class, config) of a benchmark model; ``overrides`` go to the Hamiltonian / H3 configs."""
+    """(model class, config) of a benchmark model; ``overrides`` are config fields (any model's, e.g. dropout)."""
     check_model_name(name)
     if name.startswith("hamiltonian:"):
         _, integrator, *flags = name.split(":")
@@ -153,11 +153,14 @@ def model_config(name: str, shape: ModelShape, **overrides: Any):
                                                                       **overrides)
     if name in H3_MODELS:
         return H3ForCausalLM, _h3_config(shape, name.split(":")[1:], **overrides)
-    if overrides:
-        raise ValueError(f"overrides {sorted(overrides)} apply to the Hamiltonian and H3 models, not {name!r}")
-    if name == "llama":
-        return LlamaForCausalLM, matched_llama_config(shape)
-    return MambaForCausalLM, matched_mamba_config(shape)
+    model_class, config = ((LlamaForCausalLM, matched_llama_config(shape)) if name == "llama"
+                           else (MambaForCausalLM, matched_mamba_config(shape)))
+    unknown = sorted(key for key in overrides if not hasattr(config, key))
+    if unknown:
+        raise ValueError(f"overrides {unknown} are not fields of {type(config).__name__} ({name!r})")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return model_class, config
 
 
 def build_model(name: str, shape: ModelShape, **overrides: Any) -> nn.Module:

@@ -13,14 +13,15 @@ Sections (``--sections``); every model is trained from scratch per seed with the
              (``SAFARI_*`` below): a fixed set of 5,000 distinct training sequences, 200 epochs (associative recall)
              or 400 (induction head) of batch 32 with the loss on every next token, AdamW lr 5e-4, betas (0.9,
              0.999), weight decay 0.1, no gradient clipping, warm-up over the first 10% of the steps, then linear
-             decay to 0 (associative recall) or cosine to 0.1 lr (induction head); accuracy at the answer of 500 test
-             sequences. Paper: H3 100.0 / 99.8, attention 100.0 / 100.0, S4D 35.6 / 86.0 (induction / recall).
+             decay to 0 (associative recall) or cosine to 0.1 lr (induction head), dropout 0.1 on the embeddings and
+             the attention weights; accuracy at the answer of 500 test sequences. Paper: H3 100.0 / 99.8,
+             attention 100.0 / 100.0, S4D 35.6 / 86.0 (induction / recall).
   mqar       Zoology's multi-query associative recall (vocabulary 8192) at (length, pairs) ``--mqar_configs`` and
              widths ``--mqar_widths``, 2 layers: pure H3, hybrid H3, the Hamiltonian Transformer and Llama. Zoology's
              recipe (``ZOOLOGY_MQAR``): 100,000 training sequences, 64 epochs of batch 512, loss at the queries,
-             AdamW weight decay 0.1, cosine decay over the epochs to 0, no warm-up, no clipping, four learning rates
-             of which the best is reported, training stopped once test accuracy passes 0.99; accuracy over the
-             queries of 3,000 test sequences. Zoology (figure 2, read off the plot): attention ~0.98 throughout;
+             AdamW weight decay 0.1, embedding dropout 0.1, cosine decay over the epochs to 0, no warm-up, no
+             clipping, four learning rates of which the best is reported, training stopped once test accuracy
+             passes 0.99; accuracy over the queries of 3,000 test sequences. Zoology (figure 2, read off the plot): attention ~0.98 throughout;
              H3 ~0.91 / ~0.98 at (64, 4) and ~0.25 / ~0.73 at (128, 8), widths 64 / 128.
   lm         validation perplexity on the embedded standard-library corpus (byte-level BPE trained on its train
              split) after ``--lm_tokens`` training tokens, the equal budget: the Hamiltonian Transformer, hybrid H3
@@ -36,8 +37,10 @@ Seeds (``--seeds`` overrides them all): 3 for the synthetic tasks and ListOps, 1
 Zoology), 2 for the LM. Figures are mean +- sample standard deviation over the seeds with the seed count; per-seed
 values and per-epoch test accuracies are in the JSON.
 
-The models stay the family's and transformers' own, so they differ from the papers' in a few ways: no dropout
-(both papers: 0.1 on the embeddings and on attention weights); Llama's rotary positions where the papers' attention
+Dropout is the papers' (``Recipe``): 0.1 on the embeddings of every model (safari and Zoology), 0.1 on the attention
+weights in the synthetic section (safari's transformer), applied to every model of a section alike (the embeddings'
+through a forward hook, as Llama has no such field). The models stay the family's and transformers' own, so they
+differ from the papers' in a few ways: Llama's rotary positions where the papers' attention
 has learned absolute ones; an MLP of 4 x width in every block, where Zoology's MQAR models have none; H3 with state
 size 64 and head size 1 (safari's; Zoology's MQAR H3 has state size = length, head size 2); no weight decay on norms
 and biases (safari decays every parameter but the SSM's).
@@ -121,6 +124,8 @@ class Recipe:
     shuffle: bool  # a new order of the training set every epoch (safari's DataLoader) or the same one (Zoology)
     min_lr_ratio: float = 0.0  # the cosine's floor as a fraction of the peak
     early_stop_accuracy: float | None = None  # stop once test accuracy passes this (Zoology: 0.99)
+    embedding_dropout: float = 0.0  # on the token embeddings while training (safari's embed_dropout)
+    attention_dropout: float = 0.0  # on the attention weights while training (safari's attn_cfg.dropout)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -134,15 +139,19 @@ class Recipe:
         return {**dataclasses.asdict(self), "steps_per_epoch": self.steps_per_epoch, "steps": self.steps}
 
 
+# The dropout is the models' in safari's configs (h3.yaml, s4d.yaml, transformer.yaml of each task): 0.1 on the
+# embeddings of every model, 0.1 on the transformer's attention weights, no residual dropout.
 SAFARI_ASSOCIATIVE_RECALL = Recipe(
-    source="HazyResearch/safari configs/experiment/synthetics/associative_recall/{base,vocab_size_10}.yaml",
+    source="HazyResearch/safari configs/experiment/synthetics/associative_recall/{base,vocab_size_10,h3,transformer}"
+           ".yaml",
     train_examples=5000, test_examples=500, epochs=200, batch_size=32, learning_rates=(5e-4,), weight_decay=0.1,
-    betas=(0.9, 0.999), schedule="linear_warmup", shuffle=True,
+    betas=(0.9, 0.999), schedule="linear_warmup", shuffle=True, embedding_dropout=0.1, attention_dropout=0.1,
 )
 # safari's timm cosine (warmup_t 10%, lr_min 0.1 lr, warm-up from 1e-6, cosine over all steps) as transformers'
 # cosine with a floor: warm-up from 0, cosine over the steps after the warm-up.
 SAFARI_INDUCTION_HEAD = dataclasses.replace(
-    SAFARI_ASSOCIATIVE_RECALL, source="HazyResearch/safari configs/experiment/synthetics/induction_head/base.yaml",
+    SAFARI_ASSOCIATIVE_RECALL,
+    source="HazyResearch/safari configs/experiment/synthetics/induction_head/{base,h3,transformer}.yaml",
     epochs=400, schedule="cosine_warmup", min_lr_ratio=0.1,
 )
 ZOOLOGY_MQAR = Recipe(
@@ -150,6 +159,7 @@ ZOOLOGY_MQAR = Recipe(
     train_examples=100_000, test_examples=3_000, epochs=64, batch_size=512,
     learning_rates=tuple(10 ** (-4 + 2 * i / 3) for i in range(4)),  # np.logspace(-4, -2, 4)
     weight_decay=0.1, betas=(0.9, 0.999), schedule="cosine_per_epoch", shuffle=False, early_stop_accuracy=0.99,
+    embedding_dropout=0.1,  # zoology/config.py ModelConfig.embed_dropout
 )
 SAFARI_DATA_SEED = 0  # safari's ICLDataModule seed: one data set for every training seed, train drawn before test
 ZOOLOGY_DATA_SEED = 123  # Zoology's DataConfig seed
@@ -263,6 +273,8 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
 
     The family's parameter groups (no decay on norms, biases and SSM parameters; SSM parameters at min(1e-3, lr),
     as safari's H3 and S4D layers) under AdamW with the recipe's betas and weight decay. ``seed`` orders the batches.
+    The recipe's embedding dropout acts on the output of ``model.get_input_embeddings()`` in training mode, the same
+    for every model (Llama has no such field); its attention dropout is the model's config (``recall_models``).
     Returns the final and best test accuracy, the per-epoch accuracies and losses, and the seconds per training step
     (evaluation excluded).
     """
@@ -270,6 +282,10 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay, lr), betas=recipe.betas)
     schedule, interval = learning_rate_schedule(optimizer, recipe)
     order_generator = torch.Generator().manual_seed(seed)
+    embeddings = model.get_input_embeddings()
+    dropout_hook = embeddings.register_forward_hook(
+        lambda module, args, output: F.dropout(output, recipe.embedding_dropout, module.training)
+    ) if recipe.embedding_dropout else None
     accuracy_by_epoch, loss_by_epoch = [], []
     train_seconds, steps = 0.0, 0
     for _ in range(recipe.epochs):
@@ -293,6 +309,8 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
         accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
         if recipe.early_stop_accuracy is not None and accuracy_by_epoch[-1] > recipe.early_stop_accuracy:
             break
+    if dropout_hook is not None:
+        dropout_hook.remove()
     return {"accuracy": accuracy_by_epoch[-1], "best_accuracy": max(accuracy_by_epoch),
             "epochs": len(accuracy_by_epoch), "steps": steps, "train_seconds": train_seconds,
             "seconds_per_step": train_seconds / steps, "final_train_loss": loss_by_epoch[-1],
@@ -366,12 +384,13 @@ def _heads(width: int, head_dim: int) -> int:
 
 
 def _run_seeds(model_name: str, shape: ModelShape, seeds: list[int], run: Callable[[torch.nn.Module, int], dict],
-               metric: str, log: Callable[[str], None], label: str) -> dict:
-    """Builds and trains one fresh model per seed; ``run(model, seed)`` returns the per-seed figures."""
+               metric: str, log: Callable[[str], None], label: str, **overrides) -> dict:
+    """Builds and trains one fresh model per seed; ``run(model, seed)`` returns the per-seed figures. ``overrides``
+    are config fields of the model (dropout)."""
     per_seed = []
     for seed in seeds:
         torch.manual_seed(seed)
-        figures = run(build_model(model_name, shape), seed)
+        figures = run(build_model(model_name, shape, **overrides), seed)
         per_seed.append({"seed": seed, **figures})
         log(f"  {label} {model_name} seed {seed}: {metric} {figures[metric]:.4f} "
             f"({figures.get('train_seconds', 0):.0f} s)")
@@ -396,7 +415,8 @@ def recall_models(models: list[str], shape: ModelShape, seeds: list[int], recipe
             def run(model: torch.nn.Module, seed: int, lr: float = lr) -> dict:
                 return train_fixed_set(model, train_set, test_set, recipe, lr, seed)
 
-            by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, f"{label} lr {lr:.2g}")
+            by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, f"{label} lr {lr:.2g}",
+                                   attention_dropout=recipe.attention_dropout)
         best = max(by_lr, key=lambda lr: by_lr[lr]["accuracy"]["mean"])
         results[name] = {**by_lr[best], "learning_rate": best}
         if len(by_lr) > 1:
@@ -568,11 +588,13 @@ def _recipe_text(recipe: dict) -> str:
     rates = ", ".join(f"{lr:.2g}" for lr in recipe["learning_rates"])
     stop = (f", stopped once test accuracy passes {recipe['early_stop_accuracy']}"
             if recipe["early_stop_accuracy"] is not None else "")
+    dropout = (f", dropout {recipe.get('embedding_dropout', 0.0):g} on the embeddings and "
+               f"{recipe.get('attention_dropout', 0.0):g} on the attention weights")
     return (f"{recipe['train_examples']:,} fixed training sequences, {recipe['epochs']} epochs of batch "
             f"{recipe['batch_size']} ({recipe['steps']:,} steps{', reshuffled each epoch' if recipe['shuffle'] else ''}"
             f"), AdamW lr {rates}{' (best reported)' if len(recipe['learning_rates']) > 1 else ''}, betas "
             f"{tuple(recipe['betas'])}, weight decay {recipe['weight_decay']:g}, no gradient clipping, "
-            f"{schedules[recipe['schedule']]}{stop}; test set {recipe['test_examples']:,} sequences")
+            f"{schedules[recipe['schedule']]}{stop}{dropout}; test set {recipe['test_examples']:,} sequences")
 
 
 def _synthetic_report(synthetic: dict) -> list[str]:

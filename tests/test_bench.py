@@ -13,6 +13,7 @@ from hamiltonian_transformer.data.synthetic import induction_head
 BENCH_DIR = Path(__file__).resolve().parents[1] / "scripts" / "bench"
 sys.path.insert(0, str(BENCH_DIR))
 
+import attention_widths  # noqa: E402
 import comparators  # noqa: E402
 import dynamics_ablation  # noqa: E402
 import interleaved_decode  # noqa: E402
@@ -369,6 +370,16 @@ def test_interleaved_train_times_every_model_each_round_and_reports_ratios():
     assert results["models"]["llama"]["vs_llama"] == 1.0
     with pytest.raises(SystemExit):
         interleaved_train.parse_args(["--rounds", "0"])
+
+
+def test_attention_widths_times_each_width_and_the_unpadded_value_case():
+    results = attention_widths.main(["--widths", "8,9,16", "--seq_len", "12", "--heads", "2", "--rounds", "2"])
+    cases = results["cases"]
+    assert list(cases) == ["8", "9", "16", "9 (values 8)"]
+    assert (cases["9 (values 8)"]["query_key_width"], cases["9 (values 8)"]["value_width"]) == (9, 8)
+    assert cases["8"]["vs_8"] == 1.0 and all(len(case["round_seconds"]) == 2 for case in cases.values())
+    with pytest.raises(SystemExit):
+        attention_widths.parse_args(["--widths", "0,8"])
 
 
 def test_int_list_argument_types_for_seeds_and_lengths():

@@ -21,8 +21,9 @@ Sections (``--sections``); every model is trained from scratch per seed with the
              recipe (``ZOOLOGY_MQAR``): 100,000 training sequences, 64 epochs of batch 512, loss at the queries,
              AdamW weight decay 0.1, embedding dropout 0.1, cosine decay over the epochs to 0, no warm-up, no
              clipping, four learning rates of which the best is reported, training stopped once test accuracy
-             passes 0.99; accuracy over the queries of 3,000 test sequences. Zoology (figure 2, read off the plot): attention ~0.98 throughout;
-             H3 ~0.91 / ~0.98 at (64, 4) and ~0.25 / ~0.73 at (128, 8), widths 64 / 128.
+             passes 0.99; accuracy over the queries of 3,000 test sequences. Zoology (figure 2, read off the
+             plot): attention ~0.98 throughout; H3 ~0.91 / ~0.98 at (64, 4) and ~0.25 / ~0.73 at (128, 8), widths
+             64 / 128.
   lm         validation perplexity on the embedded standard-library corpus (byte-level BPE trained on its train
              split) after ``--lm_tokens`` training tokens, the equal budget: the Hamiltonian Transformer, hybrid H3
              and Llama (fresh batches, AdamW with ``--lr``, cosine schedule with warm-up, clipping at 1).

@@ -362,6 +362,14 @@ def test_quality_figures_show_a_spread_only_with_several_seeds():
     assert quality._figure({"accuracy": quality.summarize([0.5])}, "accuracy", 3) == "0.500 (n=1)"
 
 
+def test_interleaved_rounds_alternate_the_order_and_time_only_after_warm_up():
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    seconds = interleaved_train.interleaved_rounds(steps, rounds=3, warmup=1)
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c", "c", "b", "a"]
+    assert all(len(values) == 3 for values in seconds.values())
+
+
 def test_interleaved_train_times_every_model_each_round_and_reports_ratios():
     results = interleaved_train.main(["--models", "h3,llama", "--preset", "tiny", "--seq_len", "16", "--rounds", "2"])
     for name in ("h3", "llama"):

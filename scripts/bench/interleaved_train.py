@@ -36,10 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def interleaved_rounds(steps: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds of each `steps[name]()` per timed round; every round calls each model once, in the given order."""
+    """Seconds of each `steps[name]()` per timed round; every round calls each model once, in the given order in even
+    rounds and in reverse in odd ones, so that no model always runs first (after the others have freed their memory)
+    or always follows the same model."""
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(warmup + rounds):
-        for name, step in steps.items():
+        order = list(steps.items())
+        for name, step in order if round_index % 2 == 0 else reversed(order):
             start = time.perf_counter()
             step()
             if round_index >= warmup:

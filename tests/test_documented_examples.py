@@ -35,7 +35,7 @@ SHRINK = {
     "generate.py": "--max_new_tokens 4",
     "push_to_hub.py": "--dry_run",  # nothing is sent from a test
 }
-BENCHMARKS = {"speed.py", "quality.py", "interleaved_train.py"}
+BENCHMARKS = {"speed.py", "quality.py", "interleaved_train.py", "attention_widths.py"}
 
 
 def documented_commands() -> list[tuple[str, str]]:

@@ -43,8 +43,9 @@ weights in the synthetic section (safari's transformer), applied to every model 
 through a forward hook, as Llama has no such field). The models stay the family's and transformers' own, so they
 differ from the papers' in a few ways: Llama's rotary positions where the papers' attention
 has learned absolute ones; an MLP of 4 x width in every block, where Zoology's MQAR models have none; H3 with state
-size 64 and head size 1 (safari's; Zoology's MQAR H3 has state size = length, head size 2); no weight decay on norms
-and biases (safari decays every parameter but the SSM's).
+size 64 and head size 1 (safari's; Zoology's MQAR H3 has state size = length, head size 2); no weight decay on norms,
+biases and the diagonal SSM's C and D (safari spares only the SSM parameters it gives their own learning rate: dt, A
+and B; norms and biases as its ``optimizer_param_grouping`` says).
 """
 
 from __future__ import annotations

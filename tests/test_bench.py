@@ -220,6 +220,8 @@ def test_quality_defaults_are_the_papers_recipes_seeds_and_settings():
     assert (recall.embedding_dropout, recall.attention_dropout) == (0.1, 0.1)
     assert (induction.embedding_dropout, induction.attention_dropout) == (0.1, 0.1)
     assert (zoology.embedding_dropout, zoology.attention_dropout) == (0.1, 0.0)
+    # weight decay where the papers' code puts it: safari's OptimModule.register, zoology/train.py
+    assert (recall.decay_groups, induction.decay_groups, zoology.decay_groups) == ("safari", "safari", "all")
 
 
 def _lr_after(schedule, steps: int) -> float:
@@ -432,3 +434,58 @@ def test_dynamics_ablation_refuses_malformed_variants(text):
 def test_dynamics_ablation_refuses_bad_flags(argv):
     with pytest.raises(SystemExit):
         dynamics_ablation.parse_args(argv)
+
+
+def _tiny_h3() -> torch.nn.Module:
+    torch.manual_seed(0)
+    shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
+                                   max_length=31)
+    return comparators.build_model("h3:pure", shape)
+
+
+def test_safari_decay_groups_spare_only_the_diagonal_ssms_dt_a_and_b():
+    from hamiltonian_transformer.ssm import DiagonalSSM
+
+    model = _tiny_h3()
+    groups = quality.safari_parameter_groups(model, weight_decay=0.1, lr=5e-3)
+    names = {id(param): name for name, param in model.named_parameters()}
+    decayed, spared = ([names[id(param)] for param in group["params"]] for group in groups)
+    assert (groups[0]["weight_decay"], groups[0]["lr"]) == (0.1, 5e-3)
+    assert (groups[1]["weight_decay"], groups[1]["lr"]) == (0.0, 1e-3)  # safari's SSM lr: min(1e-3, lr)
+    assert sorted(decayed + spared) == sorted(names.values())  # every parameter, once
+    ssm_prefixes = [prefix for prefix, module in model.named_modules() if isinstance(module, DiagonalSSM)]
+    assert len(ssm_prefixes) == 2
+    assert sorted(spared) == sorted(f"{prefix}.{name}" for prefix in ssm_prefixes
+                                    for name in ("log_dt", "log_neg_A_real", "A_imag", "B"))
+    # what the family's groups spare and safari decays: the SSMs' C and D, norms and biases
+    assert {f"{ssm_prefixes[0]}.C", f"{ssm_prefixes[0]}.D"} <= set(decayed)
+    assert any("norm" in name for name in decayed)
+    llama_groups = quality.safari_parameter_groups(_tiny_llama(), weight_decay=0.1, lr=5e-4)
+    assert len(llama_groups) == 1 and llama_groups[0]["weight_decay"] == 0.1
+    zoology = quality.single_parameter_group(model, weight_decay=0.1, lr=5e-3)  # zoology/train.py
+    assert len(zoology) == 1 and len(zoology[0]["params"]) == len(names) and zoology[0]["lr"] == 5e-3
+
+
+def test_fixed_set_training_decays_the_recipes_groups():
+    train_set = induction_head(32, generator=torch.Generator().manual_seed(3))
+    test_set = induction_head(16, generator=torch.Generator().manual_seed(4), loss_positions="answer")
+    norm_weights = {}
+    for groups in ("family", "safari", "all"):
+        model = _tiny_h3()
+        recipe = _tiny_recipe(epochs=1, weight_decay=50.0, schedule="cosine_per_epoch", decay_groups=groups)
+        quality.train_fixed_set(model, train_set, test_set, recipe, lr=1e-3, seed=0)
+        norm_weights[groups] = model.model.norm.weight.detach().mean().item()  # 1 at initialisation
+    # one step: Adam moves a weight by about lr; decoupled decay scales it by 1 - lr * wd = 0.95
+    assert norm_weights["family"] > 0.99 and norm_weights["safari"] < 0.96 and norm_weights["all"] < 0.96
+
+
+def test_recipe_names_an_unknown_decay_group_and_the_flag_overrides_the_recipes_groups():
+    with pytest.raises(ValueError, match=r"decay_groups='none'.*\['all', 'family', 'safari'\]"):
+        _tiny_recipe(decay_groups="none")
+    default = quality.run_recipe(quality.SAFARI_ASSOCIATIVE_RECALL, quality.parse_args([]), "synthetic")
+    assert default.decay_groups == quality.SAFARI_ASSOCIATIVE_RECALL.decay_groups
+    for groups in ("family", "safari", "all"):
+        args = quality.parse_args(["--decay_groups", groups])
+        assert quality.run_recipe(quality.SAFARI_ASSOCIATIVE_RECALL, args, "synthetic").decay_groups == groups
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--decay_groups", "none"])

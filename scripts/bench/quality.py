@@ -43,9 +43,12 @@ weights in the synthetic section (safari's transformer), applied to every model 
 through a forward hook, as Llama has no such field). The models stay the family's and transformers' own, so they
 differ from the papers' in a few ways: Llama's rotary positions where the papers' attention
 has learned absolute ones; an MLP of 4 x width in every block, where Zoology's MQAR models have none; H3 with state
-size 64 and head size 1 (safari's; Zoology's MQAR H3 has state size = length, head size 2); no weight decay on norms,
-biases and the diagonal SSM's C and D (safari spares only the SSM parameters it gives their own learning rate: dt, A
-and B; norms and biases as its ``optimizer_param_grouping`` says).
+size 64 and head size 1 (safari's; Zoology's MQAR H3 has state size = length, head size 2).
+
+Weight decay goes where the papers' code puts it (``Recipe.decay_groups``): safari decays every parameter but the
+diagonal SSMs' dt, A and B, which get min(1e-3, lr) (its synthetic configs set no ``optimizer_param_grouping``);
+Zoology decays every parameter at one learning rate. ``--decay_groups family`` runs the family's groups instead (no
+decay on norms, biases and any SSM parameter), as the runs recorded before this option did.
 """
 
 from __future__ import annotations
@@ -85,8 +88,9 @@ from hamiltonian_transformer.data.synthetic import (
     most_frequent_answer_accuracy,
     multi_query_associative_recall,
 )
-from hamiltonian_transformer.optimization import parameter_groups
+from hamiltonian_transformer.optimization import DEFAULT_MAX_SSM_LEARNING_RATE, parameter_groups
 from hamiltonian_transformer.run_outputs import perplexity
+from hamiltonian_transformer.ssm import DiagonalSSM
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FINETUNE_SCRIPT = REPO_ROOT / "scripts" / "finetune_classification.py"
@@ -104,6 +108,43 @@ EVAL_BATCH_SIZE = 128
 # ----------------------------------------------------------------------------------------------------------------------
 # The papers' recipes and tasks
 # ----------------------------------------------------------------------------------------------------------------------
+# safari gives weight decay 0 and its own learning rate only to the SSM parameters its kernels register
+# (``OptimModule.register``: dt, A and B of the diagonal SSM); its synthetic configs set no
+# ``optimizer_param_grouping``, so everything else, norms, biases, C and D included, is decayed at the main rate.
+SAFARI_UNDECAYED_SSM_PARAMETERS = ("log_dt", "log_neg_A_real", "A_imag", "B")
+
+
+def safari_parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    """safari's AdamW groups: the diagonal SSMs' dt, A and B at min(1e-3, lr) without decay, the rest decayed."""
+    undecayed = {f"{prefix}.{name}" for prefix, module in model.named_modules() if isinstance(module, DiagonalSSM)
+                 for name in SAFARI_UNDECAYED_SSM_PARAMETERS}
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n not in undecayed], "weight_decay": weight_decay, "lr": lr},
+        {"params": [p for n, p in named if n in undecayed], "weight_decay": 0.0,
+         "lr": min(DEFAULT_MAX_SSM_LEARNING_RATE, lr)},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def single_parameter_group(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict]:
+    """Zoology's AdamW (zoology/train.py): ``model.parameters()``, every one decayed, one learning rate."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay, "lr": lr}]
+
+
+DECAY_GROUP_TEXT = {
+    "family": "not on norms, biases and the diagonal SSMs' parameters",
+    "safari": "on every parameter but the diagonal SSMs' dt, A and B, as safari",
+    "all": "on every parameter, one learning rate, as Zoology",
+}
+DECAY_GROUPS = {
+    # the family's: no decay on norms, biases and the diagonal SSMs' parameters (those at min(1e-3, lr))
+    "family": parameter_groups,
+    "safari": safari_parameter_groups,
+    "all": single_parameter_group,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """A paper's training protocol: a fixed training set, passes over it, AdamW and a learning-rate schedule.
@@ -128,6 +169,11 @@ class Recipe:
     early_stop_accuracy: float | None = None  # stop once test accuracy passes this (Zoology: 0.99)
     embedding_dropout: float = 0.0  # on the token embeddings while training (safari's embed_dropout)
     attention_dropout: float = 0.0  # on the attention weights while training (safari's attn_cfg.dropout)
+    decay_groups: str = "family"  # which parameters are decayed: see DECAY_GROUPS
+
+    def __post_init__(self):
+        if self.decay_groups not in DECAY_GROUPS:
+            raise ValueError(f"decay_groups={self.decay_groups!r}: expected one of {sorted(DECAY_GROUPS)}")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -148,6 +194,7 @@ SAFARI_ASSOCIATIVE_RECALL = Recipe(
            ".yaml",
     train_examples=5000, test_examples=500, epochs=200, batch_size=32, learning_rates=(5e-4,), weight_decay=0.1,
     betas=(0.9, 0.999), schedule="linear_warmup", shuffle=True, embedding_dropout=0.1, attention_dropout=0.1,
+    decay_groups="safari",
 )
 # safari's timm cosine (warmup_t 10%, lr_min 0.1 lr, warm-up from 1e-6, cosine over all steps) as transformers'
 # cosine with a floor: warm-up from 0, cosine over the steps after the warm-up.
@@ -162,6 +209,7 @@ ZOOLOGY_MQAR = Recipe(
     learning_rates=tuple(10 ** (-4 + 2 * i / 3) for i in range(4)),  # np.logspace(-4, -2, 4)
     weight_decay=0.1, betas=(0.9, 0.999), schedule="cosine_per_epoch", shuffle=False, early_stop_accuracy=0.99,
     embedding_dropout=0.1,  # zoology/config.py ModelConfig.embed_dropout
+    decay_groups="all",  # zoology/train.py: AdamW(model.parameters(), lr, weight_decay)
 )
 SAFARI_DATA_SEED = 0  # safari's ICLDataModule seed: one data set for every training seed, train drawn before test
 ZOOLOGY_DATA_SEED = 123  # Zoology's DataConfig seed
@@ -224,6 +272,8 @@ def run_recipe(recipe: Recipe, args: argparse.Namespace, section: str) -> Recipe
         value = getattr(args, f"{section}_{field}", None)
         if value is not None:
             overrides[field] = tuple(value) if field == "learning_rates" else value
+    if args.decay_groups is not None:
+        overrides["decay_groups"] = args.decay_groups
     return dataclasses.replace(recipe, **overrides)
 
 
@@ -273,15 +323,17 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
                     recipe: Recipe, lr: float, seed: int) -> dict:
     """``recipe.epochs`` passes over ``train_set`` (inputs, aligned targets), test accuracy after each epoch.
 
-    The family's parameter groups (no decay on norms, biases and SSM parameters; SSM parameters at min(1e-3, lr),
-    as safari's H3 and S4D layers) under AdamW with the recipe's betas and weight decay. ``seed`` orders the batches.
+    AdamW with the recipe's betas, weight decay and parameter groups (``DECAY_GROUPS[recipe.decay_groups]``; the
+    family's spare norms, biases and SSM parameters and give the SSMs min(1e-3, lr), as safari's H3 and S4D layers).
+    ``seed`` orders the batches.
     The recipe's embedding dropout acts on the output of ``model.get_input_embeddings()`` in training mode, the same
     for every model (Llama has no such field); its attention dropout is the model's config (``recall_models``).
     Returns the final and best test accuracy, the per-epoch accuracies and losses, and the seconds per training step
     (evaluation excluded).
     """
     inputs, targets = train_set
-    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay, lr), betas=recipe.betas)
+    optimizer = torch.optim.AdamW(DECAY_GROUPS[recipe.decay_groups](model, recipe.weight_decay, lr),
+                                  betas=recipe.betas)
     schedule, interval = learning_rate_schedule(optimizer, recipe)
     order_generator = torch.Generator().manual_seed(seed)
     embeddings = model.get_input_embeddings()
@@ -595,7 +647,8 @@ def _recipe_text(recipe: dict) -> str:
     return (f"{recipe['train_examples']:,} fixed training sequences, {recipe['epochs']} epochs of batch "
             f"{recipe['batch_size']} ({recipe['steps']:,} steps{', reshuffled each epoch' if recipe['shuffle'] else ''}"
             f"), AdamW lr {rates}{' (best reported)' if len(recipe['learning_rates']) > 1 else ''}, betas "
-            f"{tuple(recipe['betas'])}, weight decay {recipe['weight_decay']:g}, no gradient clipping, "
+            f"{tuple(recipe['betas'])}, weight decay {recipe['weight_decay']:g} "
+            f"({DECAY_GROUP_TEXT[recipe.get('decay_groups', 'family')]}), no gradient clipping, "
             f"{schedules[recipe['schedule']]}{stop}{dropout}; test set {recipe['test_examples']:,} sequences")
 
 
@@ -741,6 +794,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mqar_test_examples", type=int, help="test sequences (Zoology: 3000)")
     parser.add_argument("--mqar_learning_rates", type=_float_list,
                         help="learning rates tried, the best reported (Zoology: 1e-4,4.64e-4,2.15e-3,1e-2)")
+    parser.add_argument("--decay_groups", choices=sorted(DECAY_GROUPS),
+                        help="weight-decay groups of the synthetic and MQAR recipes (default: each recipe's own)")
     parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the LM and ListOps sections")
     parser.add_argument("--weight_decay", type=float, default=0.1, help="weight decay of the LM section")
     parser.add_argument("--batch_size", type=int, default=64, help="batch size of the LM and ListOps sections")

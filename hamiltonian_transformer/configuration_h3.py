@@ -40,6 +40,8 @@ class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
         embedding_dropout (`float`): Dropout on the token embeddings.
         d_state (`int`): State size N of the diagonal SSM (N/2 complex modes); even.
         shift_kernel_size (`int` or `None`): Taps of the shift SSM on K; None means `d_state` (as in the paper).
+        shift_trainable_b (`bool`): Train the shift SSM's B as well (the H3 code does; its taps are then B
+            cross-correlated with C, B starting at e_1). False keeps B = e_1, as the paper describes.
         head_dim (`int`): H3 head size: each head's K~ V^T outer products go through that head's diagonal SSM (1 in
             the paper's 125M-1.3B models, giving out = W_o(Q * SSM(Shift(K) * V))).
         attn_layer_idx (`list[int]`): Layers that are attention instead of H3 ([] for a pure H3 model).
@@ -77,6 +79,7 @@ class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
     embedding_dropout: float = 0.0
     d_state: int = 64
     shift_kernel_size: int | None = None
+    shift_trainable_b: bool = False
     head_dim: int = 1
     attn_layer_idx: list[int] | None = None
     ssm_init: str = "s4d_lin"
@@ -138,7 +141,7 @@ class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
             check_number(field, getattr(self, field), minimum=0.0, maximum=1.0)
         check_number("initializer_range", self.initializer_range, minimum=0.0)
         check_number("layer_norm_eps", self.layer_norm_eps, minimum=0.0, strict=True)
-        for field in ("tie_word_embeddings", "use_cache"):
+        for field in ("tie_word_embeddings", "use_cache", "shift_trainable_b"):
             check_bool(field, getattr(self, field))
         # The energy bound depends on the attention layers' head size; without attention layers it does not apply.
         self.check_energy_settings(self.attention_head_dim if self.attn_layer_idx else None)

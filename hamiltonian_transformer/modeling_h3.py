@@ -76,6 +76,7 @@ class H3Mixer(nn.Module):
         head_dim: int = 1,
         d_state: int = 64,
         shift_kernel_size: int = 64,
+        shift_trainable_b: bool = False,
         ssm_init: str = "s4d_lin",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
@@ -95,7 +96,7 @@ class H3Mixer(nn.Module):
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
-        self.shift_ssm = ShiftSSM(hidden_size, shift_kernel_size)
+        self.shift_ssm = ShiftSSM(hidden_size, shift_kernel_size, trainable_b=shift_trainable_b)
         self.diag_ssm = DiagonalSSM(self.num_heads, d_state, ssm_init, dt_min, dt_max, discretization)
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
 
@@ -234,6 +235,7 @@ class H3Block(GradientCheckpointingLayer):
                 head_dim=config.head_dim,
                 d_state=config.d_state,
                 shift_kernel_size=config.shift_kernel_size,
+                shift_trainable_b=config.shift_trainable_b,
                 ssm_init=config.ssm_init,
                 dt_min=config.dt_min,
                 dt_max=config.dt_max,

@@ -407,32 +407,56 @@ def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class ShiftSSM(nn.Module):
-    """Shift SSM of H3: state matrix = shift, B = e_1, so the SSM is a learned causal depthwise filter (the C taps).
+    """Shift SSM of H3: state matrix = shift, so the SSM is a learned causal depthwise filter of kernel_size taps.
 
-    y_t = sum_{s < kernel_size} weight[:, s] u_{t-s} + D u_t. Taps are initialised like a depthwise Conv1d
-    (U(-1/sqrt(kernel_size), 1/sqrt(kernel_size))) and D ~ N(0, 1), as in the H3 code.
+    y_t = sum_{s < kernel_size} taps[:, s] u_{t-s} + D u_t. With B = e_1 (the paper's), the taps are the SSM's C
+    (`weight`). With `trainable_b` (the H3 code's: it registers B as a parameter), B (`B`, starting at e_1) is
+    trained too and the taps are the cross-correlation taps[:, j] = sum_i B[:, i] C[:, i + j]: the same filter
+    family, reached through a product of two vectors. C is initialised like a depthwise Conv1d
+    (U(-1/sqrt(kernel_size), 1/sqrt(kernel_size))) and D ~ N(0, 1), as in the H3 code. B carries `_ssm_param`
+    (the H3 code gives it the SSM learning rate and no weight decay); C and D are ordinary weights.
     Decoding keeps a window of the last kernel_size inputs (oldest first, current last).
     """
 
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, trainable_b: bool = False):
         super().__init__()
         check_positive_int("channels", channels)
         check_positive_int("kernel_size", kernel_size)
         self.channels = channels
         self.kernel_size = kernel_size
-        self.weight = nn.Parameter(torch.empty(channels, kernel_size))  # (c, l)
+        self.trainable_b = trainable_b
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size))  # C: (c, l)
         self.D = nn.Parameter(torch.empty(channels))  # (c,)
+        if trainable_b:
+            self.B = nn.Parameter(torch.empty(channels, kernel_size))  # (c, l)
+            self.B._ssm_param = True
         self.reset_parameters()
+
+    @property
+    def ssm_param_names(self) -> tuple[str, ...]:
+        return ("B",) if self.trainable_b else ()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         bound = 1 / math.sqrt(self.kernel_size)
         self.weight.uniform_(-bound, bound)
         self.D.normal_()
+        if self.trainable_b:
+            self.B.zero_()
+            self.B[:, 0] = 1.0
+
+    def taps(self) -> torch.Tensor:
+        """The filter (c, kernel_size): C, or with a trainable B the cross-correlation of B with C."""
+        if not self.trainable_b:
+            return self.weight
+        n = self.kernel_size
+        B_f = torch.fft.rfft(at_least_float32(self.B), n=2 * n)
+        C_f = torch.fft.rfft(at_least_float32(self.weight), n=2 * n)
+        return torch.fft.irfft(B_f.conj() * C_f, n=2 * n)[..., :n].to(self.weight.dtype)
 
     def forward(self, u: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
         """u: (b, c, t) -> (b, c, t). window: (b, c, kernel_size) inputs preceding u (oldest first), or None (zeros)."""
-        kernel = with_skip(self.weight, self.D)
+        kernel = with_skip(self.taps(), self.D)
         if window is None:
             return fft_causal_conv(u, kernel)
         check_shape("conv_state", window, (u.shape[0], self.channels, self.kernel_size))
@@ -448,7 +472,7 @@ class ShiftSSM(nn.Module):
 
     def step(self, window: torch.Tensor) -> torch.Tensor:
         """Output at the newest input. window: (b, c, kernel_size), oldest first, current last -> (b, c)."""
-        return (window * self.weight.flip(-1)).sum(-1) + self.D * window[..., -1]
+        return (window * self.taps().flip(-1)).sum(-1) + self.D * window[..., -1]
 
 
 class DiagonalSSM(nn.Module):
@@ -556,12 +580,13 @@ class DiagonalSSM(nn.Module):
 
 
 def ssm_parameter_names(module: nn.Module) -> Iterator[str]:
-    """Full names of the SSM parameters (every DiagonalSSM's) under `module`, for optimizer parameter groups.
+    """Full names of the SSM parameters (every DiagonalSSM's, a trainable shift B) under `module`, for optimizer
+    parameter groups.
 
     Goes by module type and name, so it still works where loading replaced the parameter objects (and with them
     their `_ssm_param` attribute).
     """
     for prefix, submodule in module.named_modules():
-        if isinstance(submodule, DiagonalSSM):
-            for name in DiagonalSSM.ssm_param_names:
+        if isinstance(submodule, (DiagonalSSM, ShiftSSM)):
+            for name in submodule.ssm_param_names:
                 yield f"{prefix}.{name}" if prefix else name

@@ -48,6 +48,9 @@ def test_h3_variants_set_attention_layers_and_shift_length():
     assert comparators.model_config("h3:pure", shape)[1].attn_layer_idx == []
     no_shift = comparators.model_config("h3:pure:no_shift", shape)[1]
     assert no_shift.attn_layer_idx == [] and no_shift.shift_kernel_size == 1
+    shift_b = comparators.model_config("h3:pure:shift_b", shape)[1]
+    assert shift_b.attn_layer_idx == [] and shift_b.shift_trainable_b
+    assert not comparators.model_config("h3:pure", shape)[1].shift_trainable_b
 
 
 def test_config_overrides_reach_every_model_and_unknown_fields_are_named():
@@ -462,6 +465,9 @@ def test_safari_decay_groups_spare_only_the_diagonal_ssms_dt_a_and_b():
     assert any("norm" in name for name in decayed)
     llama_groups = quality.safari_parameter_groups(_tiny_llama(), weight_decay=0.1, lr=5e-4)
     assert len(llama_groups) == 1 and llama_groups[0]["weight_decay"] == 0.1
+    shift_b = comparators.build_model("h3:pure:shift_b", comparators.ModelShape(20, 32, 2, 1, 64, 31))
+    spared_b = quality.safari_parameter_groups(shift_b, weight_decay=0.1, lr=5e-3)[1]["params"]
+    assert {id(p) for p in spared_b} >= {id(layer.mixer.shift_ssm.B) for layer in shift_b.model.layers}
     zoology = quality.single_parameter_group(model, weight_decay=0.1, lr=5e-3)  # zoology/train.py
     assert len(zoology) == 1 and len(zoology[0]["params"]) == len(names) and zoology[0]["lr"] == 5e-3
 

@@ -18,6 +18,7 @@ VARIANTS = {
     "hybrid": {},
     "pure": dict(attn_layer_idx=[]),
     "multihead_legs_zoh": dict(head_dim=2, ssm_init="legs", discretization="zoh", attn_layer_idx=[0]),
+    "pure_trainable_shift_b": dict(attn_layer_idx=[], shift_trainable_b=True),
 }
 
 
@@ -141,6 +142,7 @@ def test_gradient_checkpointing_gives_same_gradients():
     (dict(ssm_init="hippo"), "ssm_init.*'s4d_lin', 's4d_inv', 'legs'"),
     (dict(discretization="euler"), "discretization"),
     (dict(dt_min=0.1, dt_max=0.01), "dt_max"),
+    (dict(shift_trainable_b=1), "`shift_trainable_b`=1 must be True or False"),
 ])
 def test_invalid_config_values_raise_naming_the_field(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -185,3 +187,25 @@ def test_static_cache_equals_dynamic_cache(variant):
         static = model.generate(ids, cache_implementation="static", **kwargs)
         dynamic = model.generate(ids, **kwargs)
         torch.testing.assert_close(torch.stack(static.logits), torch.stack(dynamic.logits), atol=1e-5, rtol=1e-5)
+
+
+def test_trainable_shift_b_is_saved_loaded_and_decoded_like_the_fft_forward(tmp_path):
+    model = tiny_h3(attn_layer_idx=[], shift_trainable_b=True)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mixer.shift_ssm.B.normal_()  # away from e_1, where the taps are C alone
+    ids = torch.randint(1, 99, (2, 30))
+    full = model(ids, use_cache=False).logits
+    out = model(ids[:, :11], use_cache=True)
+    logits = [out.logits]
+    for t in range(11, 30):
+        out = model(ids[:, t : t + 1], cache=output_cache(out), use_cache=True)
+        logits.append(out.logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.shift_trainable_b
+    torch.testing.assert_close(loaded.model.layers[0].mixer.shift_ssm.B, model.model.layers[0].mixer.shift_ssm.B)
+    torch.testing.assert_close(loaded(ids, use_cache=False).logits, full)
+    fixed = tiny_h3(attn_layer_idx=[])
+    assert not any(name.endswith("shift_ssm.B") for name, _ in fixed.named_parameters())

@@ -189,11 +189,36 @@ def test_shift_ssm_window_steps_match_forward_and_continuation():
         assert torch.allclose(y, causal_conv_ref(u, shift.weight) + shift.D[:, None] * u, atol=1e-5)
 
 
+def test_shift_ssm_with_trainable_b_filters_with_b_cross_correlated_with_c():
+    shift = ShiftSSM(3, 5, trainable_b=True)
+    torch.testing.assert_close(shift.taps(), shift.weight, atol=1e-6, rtol=0)  # B starts at e_1: the paper's
+    with torch.no_grad():
+        shift.B.normal_()
+    B, C = shift.B.detach(), shift.weight.detach()
+    literal = torch.stack([sum(B[:, i] * C[:, i + j] for i in range(5 - j)) for j in range(5)], dim=-1)
+    torch.testing.assert_close(shift.taps().detach(), literal, atol=1e-6, rtol=1e-5)
+    u = torch.randn(2, 3, 12)
+    with torch.no_grad():
+        y = shift(u)
+        assert torch.allclose(y, causal_conv_ref(u, literal) + shift.D[:, None] * u, atol=1e-5)
+        window, steps = None, []
+        for t in range(u.shape[-1]):
+            window = shift.roll_window(window, u[..., t : t + 1])
+            steps.append(shift.step(window))
+        assert torch.allclose(torch.stack(steps, dim=-1), y, atol=1e-5)
+    shift(u).sum().backward()
+    assert shift.B.grad is not None and shift.B.grad.abs().sum() > 0
+    assert shift.B._ssm_param and shift.ssm_param_names == ("B",) and ShiftSSM(3, 5).ssm_param_names == ()
+
+
 def test_diagonal_ssm_parameters_are_marked_for_optimizer_groups():
     mixer = H3Mixer(8, d_state=4, shift_kernel_size=3)
     marked = {name for name, p in mixer.named_parameters() if getattr(p, "_ssm_param", False)}
     assert marked == set(ssm_parameter_names(mixer))
     assert marked == {f"diag_ssm.{name}" for name in ("log_dt", "log_neg_A_real", "A_imag", "B", "C", "D")}
+    trainable_b = H3Mixer(8, d_state=4, shift_kernel_size=3, shift_trainable_b=True)
+    marked = {name for name, p in trainable_b.named_parameters() if getattr(p, "_ssm_param", False)}
+    assert marked == set(ssm_parameter_names(trainable_b)) and "shift_ssm.B" in marked
 
 
 def test_diagonal_ssm_starts_stable_with_log_dt_in_range():

@@ -2,9 +2,10 @@
 
 Names (``build_model(name, shape)``):
     hamiltonian:<integrator>[:reversible]   Hamiltonian Transformer, integrator euler / symplectic_euler / leapfrog
-    h3[:pure][:no_shift]                    H3: hybrid by default (attention in layer 1, the second; H3 elsewhere),
+    h3[:pure][:no_shift | :shift_b]         H3: hybrid by default (attention in layer 1, the second; H3 elsewhere),
                                             `pure` without attention layers, `no_shift` with a one-tap shift SSM
-                                            (a per-channel scale, so no shift: the S4D-like ablation of the paper)
+                                            (a per-channel scale, so no shift: the S4D-like ablation of the paper),
+                                            `shift_b` with the shift SSM's B trained too, as the H3 code does
     llama                                   transformers' LlamaForCausalLM, SDPA attention
     mamba                                   transformers' MambaForCausalLM (its CUDA kernels are not used on CPU)
 
@@ -38,7 +39,7 @@ HAMILTONIAN_MODELS = tuple(f"hamiltonian:{name}" for name in INTEGRATORS) + (
     "hamiltonian:symplectic_euler:reversible",
     "hamiltonian:leapfrog:reversible",
 )
-H3_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift")
+H3_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "h3:pure:shift_b")
 MODEL_NAMES = HAMILTONIAN_MODELS + H3_MODELS + ("llama", "mamba")
 
 
@@ -94,6 +95,8 @@ def _h3_config(shape: ModelShape, variants: list[str], **overrides: Any):
     extra: dict[str, Any] = {"attn_layer_idx": [] if "pure" in variants else [min(1, shape.num_layers - 1)]}
     if "no_shift" in variants:
         extra["shift_kernel_size"] = 1
+    if "shift_b" in variants:
+        extra["shift_trainable_b"] = True
     return H3Config(**_family_fields(shape), **{**extra, **overrides})
 
 

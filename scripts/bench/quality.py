@@ -90,7 +90,7 @@ from hamiltonian_transformer.data.synthetic import (
 )
 from hamiltonian_transformer.optimization import DEFAULT_MAX_SSM_LEARNING_RATE, parameter_groups
 from hamiltonian_transformer.run_outputs import perplexity
-from hamiltonian_transformer.ssm import DiagonalSSM
+from hamiltonian_transformer.ssm import DiagonalSSM, ShiftSSM
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FINETUNE_SCRIPT = REPO_ROOT / "scripts" / "finetune_classification.py"
@@ -115,9 +115,12 @@ SAFARI_UNDECAYED_SSM_PARAMETERS = ("log_dt", "log_neg_A_real", "A_imag", "B")
 
 
 def safari_parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict]:
-    """safari's AdamW groups: the diagonal SSMs' dt, A and B at min(1e-3, lr) without decay, the rest decayed."""
+    """safari's AdamW groups: the diagonal SSMs' dt, A and B (and a trainable shift B) at min(1e-3, lr) without
+    decay, the rest decayed."""
     undecayed = {f"{prefix}.{name}" for prefix, module in model.named_modules() if isinstance(module, DiagonalSSM)
                  for name in SAFARI_UNDECAYED_SSM_PARAMETERS}
+    undecayed |= {f"{prefix}.{name}" for prefix, module in model.named_modules() if isinstance(module, ShiftSSM)
+                  for name in module.ssm_param_names}  # a trainable shift B (safari registers it like dt, A, B)
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     groups = [
         {"params": [p for n, p in named if n not in undecayed], "weight_decay": weight_decay, "lr": lr},

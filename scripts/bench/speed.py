@@ -79,7 +79,7 @@ DECODE_STAGES = ("decode", "decode_static")
 STATIC_CACHE_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "llama")
 SECTIONS = ("sweep", "energy")
 # The no-shift H3 ablations matter for quality, not speed (they cost what H3 costs).
-SPEED_MODELS = tuple(name for name in MODEL_NAMES if not name.endswith("no_shift"))
+SPEED_MODELS = tuple(name for name in MODEL_NAMES if not name.endswith(("no_shift", "shift_b")))
 ENERGY_MODEL = "hamiltonian:symplectic_euler"
 # H3 against Llama at these training lengths and prompt lengths (the checkpoints of the H3 comparison).
 H3_VS_LLAMA_SEQ_LENS = (512, 2048, 8192)

@@ -278,11 +278,16 @@ def _tiny_recipe(**overrides) -> quality.Recipe:
     return quality.Recipe(**{**fields, **overrides})
 
 
-def _tiny_llama() -> torch.nn.Module:
+def _tiny_model(name: str) -> torch.nn.Module:
+    """A benchmark model at the synthetic tasks' scale (vocabulary 20, width 32, 2 layers), seeded."""
     torch.manual_seed(0)
     shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
                                    max_length=31)
-    return comparators.build_model("llama", shape)
+    return comparators.build_model(name, shape)
+
+
+def _tiny_llama() -> torch.nn.Module:
+    return _tiny_model("llama")
 
 
 def test_loss_and_accuracy_on_scored_positions_equal_those_of_the_full_logits():
@@ -440,10 +445,7 @@ def test_dynamics_ablation_refuses_bad_flags(argv):
 
 
 def _tiny_h3() -> torch.nn.Module:
-    torch.manual_seed(0)
-    shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
-                                   max_length=31)
-    return comparators.build_model("h3:pure", shape)
+    return _tiny_model("h3:pure")
 
 
 def test_safari_decay_groups_spare_only_the_diagonal_ssms_dt_a_and_b():

@@ -35,17 +35,22 @@ def test_layer_types_and_cache_layers_follow_attn_layer_idx():
     assert H3Config(d_model=64, n_layer=2, attn_layer_idx=[]).hidden_size == 64
 
 
+def prefill_then_step_logits(model, ids: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Logits of a prefill of `prefill` tokens followed by one cached step per remaining token."""
+    out = model(ids[:, :prefill], use_cache=True)
+    logits = [out.logits]
+    for t in range(prefill, ids.shape[1]):
+        out = model(ids[:, t : t + 1], cache=output_cache(out), use_cache=True)
+        logits.append(out.logits)
+    return torch.cat(logits, 1)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_prefill_then_step_equals_full_forward_at_every_position(variant):
     model = tiny_h3(**VARIANTS[variant])
     ids = torch.randint(1, 99, (2, 40))
     full = model(ids, use_cache=False).logits
-    out = model(ids[:, :17], use_cache=True)
-    logits = [out.logits]
-    for t in range(17, 40):
-        out = model(ids[:, t : t + 1], cache=output_cache(out), use_cache=True)
-        logits.append(out.logits)
-    torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prefill_then_step_logits(model, ids, 17), full, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -196,12 +201,7 @@ def test_trainable_shift_b_is_saved_loaded_and_decoded_like_the_fft_forward(tmp_
             layer.mixer.shift_ssm.B.normal_()  # away from e_1, where the taps are C alone
     ids = torch.randint(1, 99, (2, 30))
     full = model(ids, use_cache=False).logits
-    out = model(ids[:, :11], use_cache=True)
-    logits = [out.logits]
-    for t in range(11, 30):
-        out = model(ids[:, t : t + 1], cache=output_cache(out), use_cache=True)
-        logits.append(out.logits)
-    torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(prefill_then_step_logits(model, ids, 11), full, atol=1e-4, rtol=1e-4)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert loaded.config.shift_trainable_b

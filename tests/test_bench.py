@@ -467,7 +467,7 @@ def test_safari_decay_groups_spare_only_the_diagonal_ssms_dt_a_and_b():
     assert any("norm" in name for name in decayed)
     llama_groups = quality.safari_parameter_groups(_tiny_llama(), weight_decay=0.1, lr=5e-4)
     assert len(llama_groups) == 1 and llama_groups[0]["weight_decay"] == 0.1
-    shift_b = comparators.build_model("h3:pure:shift_b", comparators.ModelShape(20, 32, 2, 1, 64, 31))
+    shift_b = _tiny_model("h3:pure:shift_b")
     spared_b = quality.safari_parameter_groups(shift_b, weight_decay=0.1, lr=5e-3)[1]["params"]
     assert {id(p) for p in spared_b} >= {id(layer.mixer.shift_ssm.B) for layer in shift_b.model.layers}
     zoology = quality.single_parameter_group(model, weight_decay=0.1, lr=5e-3)  # zoology/train.py

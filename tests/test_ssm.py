@@ -175,16 +175,21 @@ def test_diagonal_legs_system_equals_dense_normal_legs_system(discretization):
 # --- Modules ----------------------------------------------------------------------------------------------------------
 
 
+def shift_steps(shift: ShiftSSM, u: torch.Tensor) -> torch.Tensor:
+    """The shift SSM's outputs one input at a time through its rolling window: u (b, c, t) -> (b, c, t)."""
+    window, steps = None, []
+    for t in range(u.shape[-1]):
+        window = shift.roll_window(window, u[..., t : t + 1])
+        steps.append(shift.step(window))
+    return torch.stack(steps, dim=-1)
+
+
 def test_shift_ssm_window_steps_match_forward_and_continuation():
     shift = ShiftSSM(3, 5)
     u = torch.randn(2, 3, 12)
     with torch.no_grad():
         y = shift(u)
-        window, steps = None, []
-        for t in range(u.shape[-1]):
-            window = shift.roll_window(window, u[..., t : t + 1])
-            steps.append(shift.step(window))
-        assert torch.allclose(torch.stack(steps, dim=-1), y, atol=1e-5)
+        assert torch.allclose(shift_steps(shift, u), y, atol=1e-5)
         assert torch.allclose(shift(u[..., 7:], shift.roll_window(None, u[..., :7])), y[..., 7:], atol=1e-5)
         assert torch.allclose(y, causal_conv_ref(u, shift.weight) + shift.D[:, None] * u, atol=1e-5)
 
@@ -201,11 +206,7 @@ def test_shift_ssm_with_trainable_b_filters_with_b_cross_correlated_with_c():
     with torch.no_grad():
         y = shift(u)
         assert torch.allclose(y, causal_conv_ref(u, literal) + shift.D[:, None] * u, atol=1e-5)
-        window, steps = None, []
-        for t in range(u.shape[-1]):
-            window = shift.roll_window(window, u[..., t : t + 1])
-            steps.append(shift.step(window))
-        assert torch.allclose(torch.stack(steps, dim=-1), y, atol=1e-5)
+        assert torch.allclose(shift_steps(shift, u), y, atol=1e-5)
     shift(u).sum().backward()
     assert shift.B.grad is not None and shift.B.grad.abs().sum() > 0
     assert shift.B._ssm_param and shift.ssm_param_names == ("B",) and ShiftSSM(3, 5).ssm_param_names == ()

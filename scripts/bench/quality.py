@@ -90,7 +90,7 @@ from hamiltonian_transformer.data.synthetic import (
 )
 from hamiltonian_transformer.optimization import DEFAULT_MAX_SSM_LEARNING_RATE, parameter_groups
 from hamiltonian_transformer.run_outputs import perplexity
-from hamiltonian_transformer.ssm import DiagonalSSM, ShiftSSM
+from hamiltonian_transformer.ssm import ssm_parameter_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FINETUNE_SCRIPT = REPO_ROOT / "scripts" / "finetune_classification.py"
@@ -109,18 +109,17 @@ EVAL_BATCH_SIZE = 128
 # The papers' recipes and tasks
 # ----------------------------------------------------------------------------------------------------------------------
 # safari gives weight decay 0 and its own learning rate only to the SSM parameters its kernels register
-# (``OptimModule.register``: dt, A and B of the diagonal SSM); its synthetic configs set no
-# ``optimizer_param_grouping``, so everything else, norms, biases, C and D included, is decayed at the main rate.
-SAFARI_UNDECAYED_SSM_PARAMETERS = ("log_dt", "log_neg_A_real", "A_imag", "B")
+# (``OptimModule.register``: dt, A and B of the diagonal SSM, the shift SSM's B); its synthetic configs set no
+# ``optimizer_param_grouping``, so everything else, norms, biases and the diagonal SSM's C and D included, is decayed
+# at the main rate.
+SAFARI_DECAYED_SSM_PARAMETERS = ("C", "D")  # plain nn.Parameters in safari's SSKernelDiag and H3 layer
 
 
 def safari_parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict]:
-    """safari's AdamW groups: the diagonal SSMs' dt, A and B (and a trainable shift B) at min(1e-3, lr) without
-    decay, the rest decayed."""
-    undecayed = {f"{prefix}.{name}" for prefix, module in model.named_modules() if isinstance(module, DiagonalSSM)
-                 for name in SAFARI_UNDECAYED_SSM_PARAMETERS}
-    undecayed |= {f"{prefix}.{name}" for prefix, module in model.named_modules() if isinstance(module, ShiftSSM)
-                  for name in module.ssm_param_names}  # a trainable shift B (safari registers it like dt, A, B)
+    """safari's AdamW groups: the family's SSM parameters but C and D (the diagonal SSMs' dt, A and B, a trainable
+    shift B) at min(1e-3, lr) without decay, the rest decayed."""
+    undecayed = {name for name in ssm_parameter_names(model)
+                 if name.rpartition(".")[2] not in SAFARI_DECAYED_SSM_PARAMETERS}
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     groups = [
         {"params": [p for n, p in named if n not in undecayed], "weight_decay": weight_decay, "lr": lr},
@@ -136,12 +135,12 @@ def single_parameter_group(model: torch.nn.Module, weight_decay: float, lr: floa
 
 
 DECAY_GROUP_TEXT = {
-    "family": "not on norms, biases and the diagonal SSMs' parameters",
-    "safari": "on every parameter but the diagonal SSMs' dt, A and B, as safari",
+    "family": "not on norms, biases and SSM parameters",
+    "safari": "on every parameter but the SSMs' dt, A and B, as safari",
     "all": "on every parameter, one learning rate, as Zoology",
 }
 DECAY_GROUPS = {
-    # the family's: no decay on norms, biases and the diagonal SSMs' parameters (those at min(1e-3, lr))
+    # the family's: no decay on norms, biases and SSM parameters (those at min(1e-3, lr))
     "family": parameter_groups,
     "safari": safari_parameter_groups,
     "all": single_parameter_group,

@@ -40,6 +40,8 @@ def test_every_benchmark_model_builds_and_returns_logits(name):
     model = comparators.build_model(name, shape)
     logits = model(input_ids=torch.randint(0, 99, (2, 12))).logits
     assert logits.shape == (2, 12, 99)
+    # token 0 is data in the 5 x 5 recall task: no model may freeze its embedding as a padding row
+    assert model.get_input_embeddings().padding_idx is None
 
 
 def test_h3_variants_set_attention_layers_and_shift_length():

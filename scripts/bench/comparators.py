@@ -110,7 +110,7 @@ def _llama_config(shape: ModelShape, intermediate_size: int) -> LlamaConfig:
         num_key_value_heads=shape.num_heads,
         max_position_embeddings=shape.max_length,
         tie_word_embeddings=True,
-        pad_token_id=0,
+        pad_token_id=None,  # as the family's models: no frozen padding row (token 0 is data in the 5 x 5 recall task)
     )
     config._attn_implementation = "sdpa"
     return config
@@ -123,7 +123,7 @@ def _mamba_config(shape: ModelShape, expand: int) -> MambaConfig:
         num_hidden_layers=shape.num_layers,
         expand=expand,
         tie_word_embeddings=True,
-        pad_token_id=0,
+        pad_token_id=None,
     )
 
 

@@ -53,6 +53,21 @@ def test_h3_variants_set_attention_layers_and_shift_length():
     shift_b = comparators.model_config("h3:pure:shift_b", shape)[1]
     assert shift_b.attn_layer_idx == [] and shift_b.shift_trainable_b
     assert not comparators.model_config("h3:pure", shape)[1].shift_trainable_b
+    safari_init = comparators.model_config("h3:pure:shift_b:safari_init", shape)[1]
+    assert safari_init.shift_trainable_b and safari_init.hidden_act == "gelu_pytorch_tanh"
+    assert comparators.model_config("h3:pure:shift_b", shape)[1].hidden_act == "gelu"
+
+
+def test_safari_init_redraws_only_the_mlp_output_with_the_rescaled_std():
+    plain, safari = _tiny_model("h3:pure:shift_b"), _tiny_model("h3:pure:shift_b:safari_init")
+    for plain_layer, safari_layer in zip(plain.model.layers, safari.model.layers, strict=True):
+        # 2 layers: 0.02 / sqrt(4); each matrix has 32 x 64 entries, so the sample std is within 3% of its std
+        assert abs(safari_layer.mlp.down_proj.weight.std().item() - 0.01) < 0.001
+        assert abs(plain_layer.mlp.down_proj.weight.std().item() - 0.02) < 0.002
+        assert abs(safari_layer.mlp.up_proj.weight.std().item() - 0.02) < 0.002
+    redrawn = {f"model.layers.{i}.mlp.down_proj.weight" for i in range(2)}
+    for (name, plain_param), safari_param in zip(plain.named_parameters(), safari.parameters(), strict=True):
+        assert torch.equal(plain_param, safari_param) != (name in redrawn), name  # same seed: all else is equal
 
 
 def test_config_overrides_reach_every_model_and_unknown_fields_are_named():

@@ -2,10 +2,13 @@
 
 Names (``build_model(name, shape)``):
     hamiltonian:<integrator>[:reversible]   Hamiltonian Transformer, integrator euler / symplectic_euler / leapfrog
-    h3[:pure][:no_shift | :shift_b]         H3: hybrid by default (attention in layer 1, the second; H3 elsewhere),
+    h3[:pure][:no_shift | :shift_b][:safari_init]
+                                            H3: hybrid by default (attention in layer 1, the second; H3 elsewhere),
                                             `pure` without attention layers, `no_shift` with a one-tap shift SSM
                                             (a per-channel scale, so no shift: the S4D-like ablation of the paper),
-                                            `shift_b` with the shift SSM's B trained too, as the H3 code does
+                                            `shift_b` with the shift SSM's B trained too, as the H3 code does,
+                                            `safari_init` with the H3 code's MLP: tanh GELU, and its output matrix
+                                            drawn with std initializer_range / sqrt(2 layers) (GPT-2's rescaling)
     llama                                   transformers' LlamaForCausalLM, SDPA attention
     mamba                                   transformers' MambaForCausalLM (its CUDA kernels are not used on CPU)
 
@@ -39,7 +42,7 @@ HAMILTONIAN_MODELS = tuple(f"hamiltonian:{name}" for name in INTEGRATORS) + (
     "hamiltonian:symplectic_euler:reversible",
     "hamiltonian:leapfrog:reversible",
 )
-H3_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "h3:pure:shift_b")
+H3_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "h3:pure:shift_b", "h3:pure:shift_b:safari_init")
 MODEL_NAMES = HAMILTONIAN_MODELS + H3_MODELS + ("llama", "mamba")
 
 
@@ -97,6 +100,8 @@ def _h3_config(shape: ModelShape, variants: list[str], **overrides: Any):
         extra["shift_kernel_size"] = 1
     if "shift_b" in variants:
         extra["shift_trainable_b"] = True
+    if "safari_init" in variants:
+        extra["hidden_act"] = "gelu_pytorch_tanh"  # safari's Mlp: F.gelu(approximate="tanh")
     return H3Config(**_family_fields(shape), **{**extra, **overrides})
 
 
@@ -168,7 +173,20 @@ def model_config(name: str, shape: ModelShape, **overrides: Any):
 
 def build_model(name: str, shape: ModelShape, **overrides: Any) -> nn.Module:
     model_class, config = model_config(name, shape, **overrides)
-    return model_class(config)
+    model = model_class(config)
+    if name.endswith(":safari_init"):
+        rescale_mlp_output_init(model)
+    return model
+
+
+@torch.no_grad()
+def rescale_mlp_output_init(model: H3ForCausalLM) -> None:
+    """Redraws each block's MLP output matrix with std initializer_range / sqrt(2 * layers), as safari's
+    ``_init_weights`` does to the parameters named ``fc2.weight`` (its H3 mixer's output, ``output_linear``, keeps
+    the plain std: the name does not match)."""
+    std = model.config.initializer_range / (2 * model.config.num_hidden_layers) ** 0.5
+    for layer in model.model.layers:
+        layer.mlp.down_proj.weight.normal_(0.0, std)
 
 
 def describe(name: str, shape: ModelShape) -> dict[str, Any]:

@@ -78,8 +78,8 @@ DECODE_STAGES = ("decode", "decode_static")
 # Transformer's layers keep growing KV slots (they refuse it) and transformers' Mamba ignores it.
 STATIC_CACHE_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "llama")
 SECTIONS = ("sweep", "energy")
-# The no-shift H3 ablations matter for quality, not speed (they cost what H3 costs).
-SPEED_MODELS = tuple(name for name in MODEL_NAMES if not name.endswith(("no_shift", "shift_b")))
+# The H3 ablations (no shift, trained shift B, safari's init) matter for quality, not speed (they cost what H3 costs).
+SPEED_MODELS = tuple(name for name in MODEL_NAMES if not name.endswith(("no_shift", "shift_b", "safari_init")))
 ENERGY_MODEL = "hamiltonian:symplectic_euler"
 # H3 against Llama at these training lengths and prompt lengths (the checkpoints of the H3 comparison).
 H3_VS_LLAMA_SEQ_LENS = (512, 2048, 8192)

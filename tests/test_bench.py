@@ -283,10 +283,21 @@ def test_budget_fraction_scales_the_epochs_and_the_report_says_so():
     assert recipe.epochs == 10 and recipe.steps == 1570 and recipe.train_examples == 5000
     statement = quality.budget_statement(quality.SAFARI_ASSOCIATIVE_RECALL, recipe)
     assert "10 of the paper's 200 epochs" in statement and "1,570 of 31,400 steps" in statement
+    assert "learning rates" not in statement and "weight decay" not in statement
     paper = quality.SAFARI_ASSOCIATIVE_RECALL
     assert quality.budget_statement(paper, paper).startswith("the paper's, 200 epochs")
     with pytest.raises(SystemExit):
         quality.parse_args(["--budget_fraction", "0"])
+
+
+def test_budget_statement_names_the_learning_rates_and_decay_groups_that_differ_from_the_paper():
+    args = quality.parse_args(["--mqar_learning_rates", "2.15e-3", "--decay_groups", "family"])
+    recipe = quality.run_recipe(quality.ZOOLOGY_MQAR, args, "mqar")
+    statement = quality.budget_statement(quality.ZOOLOGY_MQAR, recipe)
+    assert "64 of the paper's 64 epochs" in statement
+    assert "learning rates 0.00215 (the paper's: 0.0001, 0.000464, 0.00215, 0.01)" in statement
+    assert (f"weight decay {quality.DECAY_GROUP_TEXT['family']} (the paper's: "
+            f"{quality.DECAY_GROUP_TEXT['all']})") in statement
 
 
 def _tiny_recipe(**overrides) -> quality.Recipe:

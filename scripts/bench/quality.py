@@ -283,9 +283,16 @@ def budget_statement(paper: Recipe, run: Recipe) -> str:
     """What was run against the paper, in words."""
     if run == paper:
         return f"the paper's, {paper.epochs} epochs of {paper.train_examples:,} sequences ({paper.steps:,} steps)"
-    return (f"{run.epochs} of the paper's {paper.epochs} epochs over {run.train_examples:,} of its "
-            f"{paper.train_examples:,} training sequences: {run.steps:,} of {paper.steps:,} steps "
-            f"({run.steps / paper.steps:.2%}); test set {run.test_examples:,} of {paper.test_examples:,}")
+    statement = (f"{run.epochs} of the paper's {paper.epochs} epochs over {run.train_examples:,} of its "
+                 f"{paper.train_examples:,} training sequences: {run.steps:,} of {paper.steps:,} steps "
+                 f"({run.steps / paper.steps:.2%}); test set {run.test_examples:,} of {paper.test_examples:,}")
+    if run.learning_rates != paper.learning_rates:
+        statement += (f"; learning rates {', '.join(f'{lr:.3g}' for lr in run.learning_rates)} "
+                      f"(the paper's: {', '.join(f'{lr:.3g}' for lr in paper.learning_rates)})")
+    if run.decay_groups != paper.decay_groups:
+        statement += (f"; weight decay {DECAY_GROUP_TEXT[run.decay_groups]} "
+                      f"(the paper's: {DECAY_GROUP_TEXT[paper.decay_groups]})")
+    return statement
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -525,3 +525,86 @@ def test_recipe_names_an_unknown_decay_group_and_the_flag_overrides_the_recipes_
         assert quality.run_recipe(quality.SAFARI_ASSOCIATIVE_RECALL, args, "synthetic").decay_groups == groups
     with pytest.raises(SystemExit):
         quality.parse_args(["--decay_groups", "none"])
+
+
+# safari_equivalence.py and safari_train.py (the runs of safari's own code need a checkout of it: not in CI)
+
+import safari_checkout  # noqa: E402
+import safari_equivalence  # noqa: E402
+import safari_train  # noqa: E402
+
+# The parameter names of safari's SimpleLMHeadModel with its h3 layer (src/models/sequence/{simple_lm,h3}.py,
+# ssm/ss_kernel_{diag,shift}.py), one block's and the model's own.
+SAFARI_BLOCK = [
+    "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+    "mlp.fc2.bias", "mixer.q_proj.weight", "mixer.q_proj.bias", "mixer.k_proj.weight", "mixer.k_proj.bias",
+    "mixer.v_proj.weight", "mixer.v_proj.bias", "mixer.output_linear.weight", "mixer.output_linear.bias",
+    "mixer.ssm_k_kernel.kernel.B", "mixer.ssm_k_kernel.kernel.C", "mixer.ssm_k_D", "mixer.kernel.kernel.C",
+    "mixer.kernel.kernel.log_dt", "mixer.kernel.kernel.B", "mixer.kernel.kernel.inv_A_real",
+    "mixer.kernel.kernel.A_imag", "mixer.D",
+]
+
+
+def test_safari_names_map_one_to_one_onto_the_parameters_of_the_model_compared_with_safari():
+    shape = comparators.ModelShape(vocab_size=10, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=128,
+                                   max_length=22)
+    ours = {name for name, _ in comparators.build_model(safari_equivalence.OUR_MODEL, shape).named_parameters()}
+    safari = list(safari_equivalence.GLOBAL_NAMES) + [f"backbone.layers.{i}.{part}" for i in range(2)
+                                                      for part in SAFARI_BLOCK]
+    mapped = [safari_equivalence.our_name(name) for name in safari]
+    assert len(set(mapped)) == len(mapped) and set(mapped) == ours
+    assert safari_equivalence.our_name("backbone.layers.1.mixer.kernel.kernel.inv_A_real") == \
+        "model.layers.1.mixer.diag_ssm.log_neg_A_real"
+    with pytest.raises(KeyError, match="lm_head.bias"):
+        safari_equivalence.our_name("lm_head.bias")
+
+
+def test_stood_in_modules_answer_imports_and_stochastic_depth_is_the_identity_at_zero_only():
+    assert isinstance(safari_checkout.stochastic_depth(0.0, "row"), torch.nn.Identity)
+    with pytest.raises(ValueError, match="p=0.1"):
+        safari_checkout.stochastic_depth(0.1, "row")
+    finders, modules = list(sys.meta_path), set(sys.modules)
+    try:
+        safari_checkout.stand_in(("not_installed_anywhere", "hydra"))
+        from not_installed_anywhere.sub import decorator  # noqa: PLC0415
+
+        def function():
+            return 1
+
+        assert decorator(function) is function  # a stood-in decorator keeps what it decorates
+        import hydra  # noqa: PLC0415
+
+        assert hydra.utils.get_method(path="math.sqrt")(4.0) == 2.0
+    finally:
+        sys.meta_path[:] = finders
+        for name in set(sys.modules) - modules:
+            del sys.modules[name]
+
+
+def _lightning_csv(path, rows):
+    columns = ["epoch", "step", "train/loss", safari_train.METRIC]
+    with path.open("w") as file:
+        file.write(",".join(columns) + "\n")
+        for row in rows:
+            file.write(",".join(str(row.get(column, "")) for column in columns) + "\n")
+
+
+def test_safari_train_summary_takes_each_epochs_last_validation_accuracy(tmp_path):
+    _lightning_csv(tmp_path / "metrics.csv", [
+        {"epoch": 0, "step": 9, "train/loss": 2.3},  # a training row: no validation accuracy
+        {"epoch": 0, "step": 156, safari_train.METRIC: 0.25},
+        {"epoch": 1, "step": 313, safari_train.METRIC: 0.5},
+        {"epoch": 2, "step": 470, safari_train.METRIC: 0.75},
+        {"epoch": 2, "step": 470, safari_train.METRIC: 0.625},  # logged twice: the last counts
+    ])
+    summary = safari_train.summarize(tmp_path, "associative_recall", 1, "command", "commit", None)
+    assert summary["accuracy_per_epoch"] == [0.25, 0.5, 0.625]
+    assert (summary["last"], summary["best"], summary["best_epoch"]) == (0.625, 0.625, 3)
+    assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 1
+    assert "**0.625**" in (tmp_path / "summary.md").read_text()
+
+
+def test_safari_train_summary_refuses_a_log_without_validation_accuracy(tmp_path):
+    _lightning_csv(tmp_path / "metrics.csv", [{"epoch": 0, "step": 9, "train/loss": 2.3}])
+    with pytest.raises(SystemExit, match="has no val/accuracy_ignore_index"):
+        safari_train.summarize(tmp_path, "induction_head", 0, "command", "commit", None)

@@ -35,7 +35,8 @@ SHRINK = {
     "generate.py": "--max_new_tokens 4",
     "push_to_hub.py": "--dry_run",  # nothing is sent from a test
 }
-BENCHMARKS = {"speed.py", "quality.py", "interleaved_train.py", "attention_widths.py"}
+BENCHMARKS = {"speed.py", "quality.py", "interleaved_train.py", "attention_widths.py", "safari_equivalence.py",
+              "safari_train.py"}
 
 
 def documented_commands() -> list[tuple[str, str]]:

@@ -1,0 +1,139 @@
+"""Trains with safari's own code on this machine: its train.py (Lightning 1.8, Hydra), configs, model and data.
+
+    git clone https://github.com/HazyResearch/safari SAFARI
+    python -m venv --system-site-packages .venv-safari
+    .venv-safari/bin/pip install "pytorch-lightning==1.8.6" "lightning-utilities<0.10" "setuptools<70" \\
+        hydra-core omegaconf rich einops opt_einsum
+    .venv-safari/bin/python scripts/bench/safari_train.py --safari_dir SAFARI --task associative_recall --seed 0 \\
+        --output_dir docs/bench/safari_own/associative_recall/seed0
+
+This runs safari's ``train.py`` on the experiment config of the task's H3 row of the H3 paper's table 2
+(``synthetics/associative_recall/h3-vs10`` or ``synthetics/induction_head/h3``) as it stands, with the overrides a
+CPU needs (``trainer.accelerator=cpu``, ``wandb=null``, no progress bar) and ``train.seed`` (the model's seed; the
+data is safari's ``dataset.seed`` 0, as in quality.py). What differs from running it on a GPU, and why:
+
+- Lightning logs to a CSV file (``metrics.csv`` in the output folder) in place of wandb.
+- safari's task moves its torchmetrics to the device ``"cuda"`` by name: on a CPU they stay on the CPU.
+- torchvision, torchtext and wandb, which safari's packages import but these runs never call, are stood in for
+  (safari_checkout.py); torchvision's StochasticDepth, which safari's model builds with p = 0, is the identity.
+
+Then ``summary.json`` and ``summary.md`` in the output folder give the validation accuracy (safari's
+``val/accuracy_ignore_index``: the answers of its 500 test sequences) after every epoch, the last and the best.
+``--summarize_only`` writes them from an existing ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import runpy
+import sys
+import time
+from pathlib import Path
+
+from safari_checkout import check_checkout, checkout_commit, stand_in
+
+EXPERIMENTS = {
+    "associative_recall": "synthetics/associative_recall/h3-vs10",
+    "induction_head": "synthetics/induction_head/h3",
+}
+CPU_OVERRIDES = ("trainer.accelerator=cpu", "trainer.devices=1", "wandb=null", "+trainer.enable_progress_bar=false")
+STOOD_IN = ("torchvision", "torchtext", "wandb")
+METRIC = "val/accuracy_ignore_index"
+
+
+def train(safari_dir: Path, overrides: list[str], output_dir: Path) -> None:
+    """safari's train.py as its own ``__main__``, logging to ``output_dir/metrics.csv``."""
+    import hydra.utils  # noqa: PLC0415 (safari's dependencies: installed for this script only)
+    import pytorch_lightning as pl  # noqa: PLC0415
+    import torchmetrics  # noqa: PLC0415
+
+    stand_in(STOOD_IN)  # after torchmetrics, which probes torchvision at import
+
+    metric_to = torchmetrics.Metric.to
+
+    def to_cpu_for_cuda(self, *args, **kwargs):
+        return metric_to(self, *("cpu" if arg == "cuda" else arg for arg in args), **kwargs)
+
+    instantiate = hydra.utils.instantiate
+
+    def instantiate_with_csv_logger(config, *args, **kwargs):
+        if "logger" in kwargs and kwargs["logger"] is None:  # the trainer, which wandb=null leaves without a logger
+            kwargs["logger"] = pl.loggers.CSVLogger(str(output_dir), name="", version="")
+        return instantiate(config, *args, **kwargs)
+
+    torchmetrics.Metric.to = to_cpu_for_cuda
+    hydra.utils.instantiate = instantiate_with_csv_logger
+    sys.argv = [str(safari_dir / "train.py"), *overrides, f"hydra.run.dir={output_dir / 'hydra'}"]
+    os.chdir(safari_dir)
+    runpy.run_path(str(safari_dir / "train.py"), run_name="__main__")
+
+
+def epoch_accuracies(metrics_csv: Path) -> list[float]:
+    """The validation accuracy after each epoch, in order."""
+    by_epoch: dict[int, float] = {}
+    with metrics_csv.open() as file:
+        for row in csv.DictReader(file):
+            if row.get(METRIC) and row.get("epoch"):
+                by_epoch[int(float(row["epoch"]))] = float(row[METRIC])
+    if not by_epoch:
+        raise SystemExit(f"{metrics_csv} has no {METRIC}")
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def summarize(output_dir: Path, task: str, seed: int, command: str, commit: str, seconds: float | None) -> dict:
+    accuracies = epoch_accuracies(output_dir / "metrics.csv")
+    best = max(range(len(accuracies)), key=accuracies.__getitem__)
+    summary = {
+        "task": task, "experiment": EXPERIMENTS[task], "seed": seed, "safari_commit": commit, "command": command,
+        "epochs": len(accuracies), "last": accuracies[-1], "best": accuracies[best], "best_epoch": best + 1,
+        "accuracy_per_epoch": accuracies, "seconds": seconds,
+    }
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    every = max(1, len(accuracies) // 10)
+    curve = ", ".join(f"{epoch + 1}: {accuracies[epoch]:.3f}" for epoch in range(every - 1, len(accuracies), every))
+    (output_dir / "summary.md").write_text(
+        f"# safari's own training: {task}, seed {seed}\n\n"
+        f"HazyResearch/safari at {commit}, experiment `{EXPERIMENTS[task]}`. Command: `{command}`.\n\n"
+        f"Validation accuracy ({METRIC}) after the last of {len(accuracies)} epochs: **{accuracies[-1]:.3f}**; "
+        f"best {accuracies[best]:.3f} (epoch {best + 1}).\n\nAfter epochs {curve}.\n")
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--safari_dir", type=Path, required=True, help="a checkout of HazyResearch/safari")
+    parser.add_argument("--task", choices=tuple(EXPERIMENTS), required=True)
+    parser.add_argument("--seed", type=int, default=0, help="safari's train.seed (default 0)")
+    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further Hydra override (repeatable), e.g. trainer.max_epochs=2 for a quick check")
+    parser.add_argument("--summarize_only", action="store_true", help="summarise an existing metrics.csv")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    command = " ".join(["python scripts/bench/safari_train.py", *(argv if argv is not None else sys.argv[1:])])
+    safari_dir = args.safari_dir.resolve()
+    output_dir = args.output_dir.resolve()
+    seconds = None
+    if not args.summarize_only:
+        check_checkout(safari_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        overrides = [f"experiment={EXPERIMENTS[args.task]}", *CPU_OVERRIDES, f"train.seed={args.seed}",
+                     *args.override]
+        start = time.perf_counter()
+        train(safari_dir, overrides, output_dir)
+        seconds = time.perf_counter() - start
+    summary = summarize(output_dir, args.task, args.seed, command, checkout_commit(safari_dir), seconds)
+    print(f"{args.task} seed {args.seed}: last {summary['last']:.3f}, best {summary['best']:.3f} "
+          f"(epoch {summary['best_epoch']} of {summary['epochs']})")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -29,17 +29,31 @@ def stochastic_depth(p: float, mode: str) -> nn.Module:
 
 
 class _Anything:
-    """Whatever import-time code asks of a stood-in module: a callable (a decorator returns its function), any
-    attribute, a base class."""
+    """Whatever import-time code asks of a stood-in module: a callable (a decorator returns its function), a base
+    class, attributes that are stand-ins again, one per dotted name (so that e.g. the members of a stood-in enum
+    are distinct dictionary keys)."""
+
+    def __init__(self, path: str):
+        self._path = path
 
     def __call__(self, *args, **kwargs):
         return args[0] if len(args) == 1 and not kwargs and callable(args[0]) else self
 
     def __getattr__(self, name: str):
-        return self
+        return _anything(f"{self._path}.{name}")
 
     def __mro_entries__(self, bases):
         return (object,)
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self._path}>"
+
+
+_STAND_INS: dict[str, _Anything] = {}
+
+
+def _anything(path: str) -> _Anything:
+    return _STAND_INS.setdefault(path, _Anything(path))
 
 
 class _StoodIn(types.ModuleType):
@@ -48,7 +62,7 @@ class _StoodIn(types.ModuleType):
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        return _Anything()
+        return _anything(f"{self.__name__}.{name}")
 
 
 class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -3,7 +3,7 @@
     git clone https://github.com/HazyResearch/safari SAFARI
     python -m venv --system-site-packages .venv-safari
     .venv-safari/bin/pip install "pytorch-lightning==1.8.6" "lightning-utilities<0.10" "setuptools<70" \\
-        hydra-core omegaconf rich einops opt_einsum
+        hydra-core omegaconf rich einops opt_einsum && .venv-safari/bin/pip install --no-deps "timm==0.6.13"
     .venv-safari/bin/python scripts/bench/safari_train.py --safari_dir SAFARI --task associative_recall --seed 0 \\
         --output_dir docs/bench/safari_own/associative_recall/seed0
 
@@ -14,8 +14,10 @@ data is safari's ``dataset.seed`` 0, as in quality.py). What differs from runnin
 
 - Lightning logs to a CSV file (``metrics.csv`` in the output folder) in place of wandb.
 - safari's task moves its torchmetrics to the device ``"cuda"`` by name: on a CPU they stay on the CPU.
-- torchvision, torchtext and wandb, which safari's packages import but these runs never call, are stood in for
-  (safari_checkout.py); torchvision's StochasticDepth, which safari's model builds with p = 0, is the identity.
+- torchvision, torchtext and wandb, which safari's packages (and timm, whose cosine schedule the induction head
+  uses) import but these runs never call, are stood in for (safari_checkout.py); torchvision's StochasticDepth,
+  which safari's model builds with p = 0, is the identity. (torchvision's wheels on PyPI are built for CUDA
+  torch and do not load beside the CPU build.)
 
 Then ``summary.json`` and ``summary.md`` in the output folder give the validation accuracy (safari's
 ``val/accuracy_ignore_index``: the answers of its 500 test sequences) after every epoch, the last and the best.

@@ -3,9 +3,9 @@
 safari's packages import libraries at load time that the code these scripts run never calls (its vision and
 text datasets import torchvision and torchtext, its trainer wandb; its utilities Lightning, Hydra, OmegaConf and
 rich). ``stand_in(names)`` answers imports of those with empty modules, whose every attribute is a harmless
-callable, except for the two functions the runs do call: torchvision's ``StochasticDepth`` (which safari's
-``simple_lm`` builds with probability 0: the identity) and Hydra's ``utils.get_method`` (by which safari's
-``instantiate`` finds a class from its dotted path). Nothing of safari's is copied into this project.
+callable, except for what the runs do use: torchvision's ``StochasticDepth`` (which safari's ``simple_lm`` builds
+with probability 0: the identity), Hydra's ``utils.get_method`` (by which safari's ``instantiate`` finds a class
+from its dotted path) and ``wandb.run`` (None: no run). Nothing of safari's is copied into this project.
 """
 
 from __future__ import annotations

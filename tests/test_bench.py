@@ -256,8 +256,10 @@ def _lr_after(schedule, steps: int) -> float:
     [
         # safari's linear_warmup: warm-up over 157 * ceil(200 / 10) = 3140 steps, linear to 0 at 31,400.
         (quality.SAFARI_ASSOCIATIVE_RECALL, [(1570, 2.5e-4), (3140, 5e-4), (17_270, 2.5e-4), (31_400, 0.0)]),
-        # safari's induction head: warm-up over 6280 steps, cosine to 0.1 lr at 62,800 (halfway: 0.55 lr).
-        (quality.SAFARI_INDUCTION_HEAD, [(6280, 5e-4), (34_540, 2.75e-4), (62_800, 5e-5)]),
+        # safari's induction head (timm's cosine): warm-up from 1e-6 over 6280 steps, then the cosine over all
+        # 62,800 steps from 5e-4 to 5e-5, joined at 10% (5e-5 + 2.25e-4 * (1 + cos 18 degrees)), 2.75e-4 halfway.
+        (quality.SAFARI_INDUCTION_HEAD, [(0, 1e-6), (3140, 2.505e-4), (6280, 4.889886e-4), (31_400, 2.75e-4),
+                                         (62_800, 5e-5)]),
     ],
 )
 def test_safari_schedules_reach_the_configs_learning_rates(recipe, checkpoints):
@@ -268,6 +270,17 @@ def test_safari_schedules_reach_the_configs_learning_rates(recipe, checkpoints):
     for step, lr in checkpoints:
         assert _lr_after(schedule, step - done) == pytest.approx(lr, abs=1e-9)
         done = step
+
+
+def test_timm_cosine_floor_is_one_learning_rate_for_every_group():
+    # timm's lr_min is a learning rate, not a fraction: an SSM group at half the main rate decays to the same floor
+    optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 2e-3},
+                                   {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3}])
+    schedule, _ = quality.learning_rate_schedule(optimizer, quality.SAFARI_INDUCTION_HEAD)
+    _lr_after(schedule, 6280)
+    assert schedule.get_last_lr() == pytest.approx([2e-4 + 0.9e-3 * 1.9510565, 2e-4 + 0.4e-3 * 1.9510565])
+    _lr_after(schedule, 62_800 - 6280)
+    assert schedule.get_last_lr() == pytest.approx([2e-4, 2e-4])
 
 
 def test_zoology_schedule_is_a_cosine_over_epochs_without_warm_up():

@@ -72,11 +72,7 @@ import torch.nn.functional as F
 import transformers
 from comparators import MODEL_NAMES, ModelShape, build_model, choice_list, describe, int_list
 from measure import machine_info
-from transformers import (
-    get_cosine_schedule_with_warmup,
-    get_cosine_with_min_lr_schedule_with_warmup,
-    get_linear_schedule_with_warmup,
-)
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from hamiltonian_transformer.data import listops_tokenizer, load_stdlib_corpus, pack_dataset, train_bpe_tokenizer
 from hamiltonian_transformer.data.synthetic import (
@@ -152,9 +148,10 @@ class Recipe:
     """A paper's training protocol: a fixed training set, passes over it, AdamW and a learning-rate schedule.
 
     No recipe clips gradients (safari: ``gradient_clip_val: 0.0``; Zoology's trainer has none). Schedules:
-    ``linear_warmup`` and ``cosine_warmup`` warm up over ``ceil(epochs / 10)`` epochs (safari's formula, 10% of
-    the steps) and are stepped every step; ``cosine_per_epoch`` is torch's CosineAnnealingLR over the epochs,
-    stepped every epoch, without warm-up (Zoology).
+    ``linear_warmup`` (safari's, transformers' function of that name) and ``cosine_warmup_timm`` (safari's: timm's
+    CosineLRScheduler as its config sets it, see ``timm_cosine_schedule``) warm up over ``ceil(epochs / 10)``
+    epochs (safari's formula, 10% of the steps) and are stepped every step; ``cosine_per_epoch`` is torch's
+    CosineAnnealingLR over the epochs, stepped every epoch, without warm-up (Zoology).
     """
 
     source: str
@@ -168,6 +165,7 @@ class Recipe:
     schedule: str
     shuffle: bool  # a new order of the training set every epoch (safari's DataLoader) or the same one (Zoology)
     min_lr_ratio: float = 0.0  # the cosine's floor as a fraction of the peak
+    warmup_start_lr: float = 0.0  # where the warm-up of cosine_warmup_timm starts (safari: timm's warmup_lr_init)
     early_stop_accuracy: float | None = None  # stop once test accuracy passes this (Zoology: 0.99)
     embedding_dropout: float = 0.0  # on the token embeddings while training (safari's embed_dropout)
     attention_dropout: float = 0.0  # on the attention weights while training (safari's attn_cfg.dropout)
@@ -198,12 +196,12 @@ SAFARI_ASSOCIATIVE_RECALL = Recipe(
     betas=(0.9, 0.999), schedule="linear_warmup", shuffle=True, embedding_dropout=0.1, attention_dropout=0.1,
     decay_groups="safari",
 )
-# safari's timm cosine (warmup_t 10%, lr_min 0.1 lr, warm-up from 1e-6, cosine over all steps) as transformers'
-# cosine with a floor: warm-up from 0, cosine over the steps after the warm-up.
+# safari's scheduler/cosine_warmup_timm with induction_head/base.yaml's settings: warmup_t 10% of the steps,
+# warmup_lr_init 1e-6, lr_min 0.1 lr, t_initial all the steps, t_in_epochs False.
 SAFARI_INDUCTION_HEAD = dataclasses.replace(
     SAFARI_ASSOCIATIVE_RECALL,
     source="HazyResearch/safari configs/experiment/synthetics/induction_head/{base,h3,transformer}.yaml",
-    epochs=400, schedule="cosine_warmup", min_lr_ratio=0.1,
+    epochs=400, schedule="cosine_warmup_timm", min_lr_ratio=0.1, warmup_start_lr=1e-6,
 )
 ZOOLOGY_MQAR = Recipe(
     source="HazyResearch/zoology zoology/experiments/paper_configs/iclr24_zoology_figure2/configs.py, zoology/train.py",
@@ -315,14 +313,38 @@ def causal_loss(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), labels)
 
 
+def timm_cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, steps: int, floor: float,
+                         warmup_start_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """timm's CosineLRScheduler as safari's ``cosine_warmup_timm`` runs it (one cycle, ``warmup_prefix`` False,
+    stepped every step): a linear warm-up from ``warmup_start_lr`` to each group's rate over ``warmup`` steps,
+    then the cosine of the whole run from that rate to ``floor`` (a learning rate, the same for every group),
+    joined at step ``warmup`` where it already stands below the peak (0.978 of it at 10% with a floor of 0.1),
+    not restarted there as transformers' cosine with warm-up is; ``floor`` from ``steps`` on."""
+    def learning_rate(peak: float) -> Callable[[int], float]:
+        def multiplier(step: int) -> float:
+            if step < warmup:
+                return (warmup_start_lr + step * (peak - warmup_start_lr) / warmup) / peak
+            if step < steps:
+                return (floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * step / steps))) / peak
+            return floor / peak
+        return multiplier
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [learning_rate(group["lr"])
+                                                         for group in optimizer.param_groups])
+
+
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe):
-    """(scheduler, "step" or "epoch": when it is stepped) of ``recipe`` over its epochs (see ``Recipe``)."""
+    """(scheduler, "step" or "epoch": when it is stepped) of ``recipe`` over its epochs (see ``Recipe``).
+
+    The recipe's learning rate, of which ``min_lr_ratio`` is a fraction, is the largest of the groups' (the others
+    are the SSMs' min(1e-3, lr)).
+    """
     warmup = recipe.steps_per_epoch * math.ceil(recipe.epochs / 10)
     if recipe.schedule == "linear_warmup":
         return get_linear_schedule_with_warmup(optimizer, warmup, recipe.steps), "step"
-    if recipe.schedule == "cosine_warmup":
-        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, recipe.steps,
-                                                           min_lr_rate=recipe.min_lr_ratio), "step"
+    if recipe.schedule == "cosine_warmup_timm":
+        floor = recipe.min_lr_ratio * max(group["lr"] for group in optimizer.param_groups)
+        return timm_cosine_schedule(optimizer, warmup, recipe.steps, floor, recipe.warmup_start_lr), "step"
     if recipe.schedule == "cosine_per_epoch":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs, eta_min=0.0), "epoch"
     raise ValueError(f"unknown schedule {recipe.schedule!r}")
@@ -644,8 +666,12 @@ def _paper_budget_time(setting: dict, entry: dict) -> str:
 def _recipe_text(recipe: dict) -> str:
     schedules = {
         "linear_warmup": "linear warm-up over the first 10% of the steps, then linear decay to 0",
+        # runs before the recipe took safari's timm cosine: transformers' cosine, restarted after the warm-up
         "cosine_warmup": f"linear warm-up over the first 10% of the steps, then cosine decay to "
                          f"{recipe['min_lr_ratio']:g} of the peak",
+        "cosine_warmup_timm": f"linear warm-up from {recipe.get('warmup_start_lr', 0.0):g} over the first 10% of "
+                              f"the steps, then the cosine of the whole run (timm's, entered at 10%) to "
+                              f"{recipe['min_lr_ratio']:g} of the peak",
         "cosine_per_epoch": "cosine decay over the epochs to 0 (stepped each epoch), no warm-up",
     }
     rates = ", ".join(f"{lr:.2g}" for lr in recipe["learning_rates"])

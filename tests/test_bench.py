@@ -1,5 +1,6 @@
 """Tests for the benchmarks: matched comparators, speed.py and quality.py end to end (data: test_data_synthetic)."""
 
+import dataclasses
 import json
 import queue
 import sys
@@ -258,7 +259,7 @@ def _lr_after(schedule, steps: int) -> float:
         (quality.SAFARI_ASSOCIATIVE_RECALL, [(1570, 2.5e-4), (3140, 5e-4), (17_270, 2.5e-4), (31_400, 0.0)]),
         # safari's induction head (timm's cosine): warm-up from 1e-6 over 6280 steps, then the cosine over all
         # 62,800 steps from 5e-4 to 5e-5, joined at 10% (5e-5 + 2.25e-4 * (1 + cos 18 degrees)), 2.75e-4 halfway.
-        (quality.SAFARI_INDUCTION_HEAD, [(0, 1e-6), (3140, 2.505e-4), (6280, 4.889886e-4), (31_400, 2.75e-4),
+        (quality.SAFARI_INDUCTION_HEAD, [(0, 1e-6), (3140, 2.505e-4), (6280, 4.8898772e-4), (31_400, 2.75e-4),
                                          (62_800, 5e-5)]),
     ],
 )
@@ -621,3 +622,88 @@ def test_safari_train_summary_refuses_a_log_without_validation_accuracy(tmp_path
     _lightning_csv(tmp_path / "metrics.csv", [{"epoch": 0, "step": 9, "train/loss": 2.3}])
     with pytest.raises(SystemExit, match="has no val/accuracy_ignore_index"):
         safari_train.summarize(tmp_path, "induction_head", 0, "command", "commit", None)
+
+
+import safari_steps  # noqa: E402
+
+
+def _record_of_our_own_run(recipe):
+    """A record in safari_steps' format (safari's parameter names) of quality.py's own steps on random batches: what
+    the replay must reproduce."""
+    safari_names = list(safari_equivalence.GLOBAL_NAMES) + [f"backbone.layers.{i}.{part}" for i in range(2)
+                                                            for part in SAFARI_BLOCK]
+
+    def as_safari(weights):
+        return {name: weights[safari_equivalence.our_name(name)].unsqueeze(0)
+                if name.endswith(safari_equivalence.LEADING_CHANNEL) else weights[safari_equivalence.our_name(name)]
+                for name in safari_names}
+
+    model = safari_equivalence.our_model(10, seed=3)
+    initial = {name: param.detach().clone() for name, param in model.named_parameters()}
+    optimizer = quality.recipe_optimizer(model, recipe, recipe.learning_rates[0])
+    schedule, _ = quality.learning_rate_schedule(optimizer, recipe)
+    to_safari = {safari_equivalence.our_name(name): name for name in safari_names}
+    ours = {param: name for name, param in model.named_parameters()}
+    generator = torch.Generator().manual_seed(0)
+    steps = []
+    for step in range(recipe.steps):
+        torch.manual_seed(100 + step)
+        steps.append({"inputs": torch.randint(0, 10, (4, 21), generator=generator),
+                      "targets": torch.randint(0, 10, (4, 21), generator=generator), "rng": torch.get_rng_state()})
+    test_targets = torch.full((8, 21), -100)
+    test_targets[:, -1] = torch.randint(0, 10, (8,), generator=generator)
+    record = {
+        "initial": as_safari(initial), "steps": steps, "accuracy": [(recipe.steps, None)],
+        "test": (torch.randint(0, 10, (8, 21), generator=generator), test_targets),
+        "groups": [{"names": [to_safari[ours[param]] for param in group["params"]],
+                    **{field: group[field] for field in safari_steps.OPTIMIZER_FIELDS}}
+                   for group in optimizer.param_groups],
+        "schedule": safari_steps.scheduled_rates(schedule, recipe.steps),
+    }
+    run = safari_steps.replay(record, "associative_recall", recipe, recipe.steps)
+    for step, loss, rates in zip(steps, run["losses"], zip(*(run["replayed"][ours[group["params"][0]]]["rates"]
+                                                              for group in optimizer.param_groups))):
+        step.update(loss=loss, rates=list(rates))
+    record.update(final=as_safari(run["final"]), accuracy=[(recipe.steps, run["accuracy"][-1])])
+    return record
+
+
+def test_safari_steps_replay_reproduces_a_run_and_flags_its_controls():
+    recipe = dataclasses.replace(quality.SAFARI_ASSOCIATIVE_RECALL, train_examples=8, batch_size=4, epochs=3)
+    record = _record_of_our_own_run(recipe)
+    same = safari_steps.compare(record, safari_steps.replay(record, "associative_recall", recipe, recipe.steps),
+                                recipe.steps)
+    assert same["same"], same["checks"]
+    for change, flagged in [({"decay_groups": "family"}, "optimizer settings"),
+                            ({"embedding_dropout": 0.0}, "loss at each replayed step"),
+                            ({"schedule": "cosine_warmup_timm", "min_lr_ratio": 0.1}, "learning rate of every")]:
+        control = dataclasses.replace(recipe, **change)
+        outcome = safari_steps.compare(record, safari_steps.replay(record, "associative_recall", control,
+                                                                   recipe.steps), recipe.steps)
+        failed = [check for check, (_, ok) in outcome["checks"].items() if not ok]
+        assert any(check.startswith(flagged) for check in failed), (change, failed)
+    record["steps"][1]["rng"] = record["steps"][0]["rng"]  # another dropout mask at step 2
+    outcome = safari_steps.compare(record, safari_steps.replay(record, "associative_recall", recipe, recipe.steps),
+                                   recipe.steps)
+    assert not outcome["checks"]["loss at each replayed step (largest relative difference)"][1]
+
+
+def test_safari_steps_reads_each_schedules_own_formula():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    schedule, _ = quality.learning_rate_schedule(optimizer, quality.SAFARI_INDUCTION_HEAD)
+    rates = safari_steps.scheduled_rates(schedule, 6281)
+    assert rates[0] == [pytest.approx(1e-6)] and rates[6280] == [pytest.approx(4.8898772e-4)]
+
+    class TimmLike:
+        def _get_lr(self, step):
+            return [step * 1e-3, 2.0]
+
+    assert safari_steps.scheduled_rates(TimmLike(), 3) == [[0.0, 2.0], [1e-3, 2.0], [2e-3, 2.0]]
+    with pytest.raises(TypeError, match="no formula for the scheduler StepLR"):
+        safari_steps.scheduled_rates(torch.optim.lr_scheduler.StepLR(optimizer, 1), 3)
+
+
+def test_safari_steps_refuses_zero_epochs(capsys):
+    with pytest.raises(SystemExit):
+        safari_steps.parse_args(["--safari_dir", "x", "--task", "induction_head", "--epochs", "0"])
+    assert "--epochs must be at least 1, got 0" in capsys.readouterr().err

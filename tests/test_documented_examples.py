@@ -36,7 +36,7 @@ SHRINK = {
     "push_to_hub.py": "--dry_run",  # nothing is sent from a test
 }
 BENCHMARKS = {"speed.py", "quality.py", "interleaved_train.py", "attention_widths.py", "safari_equivalence.py",
-              "safari_train.py"}
+              "safari_train.py", "safari_steps.py"}
 
 
 def documented_commands() -> list[tuple[str, str]]:

@@ -54,6 +54,7 @@ decay on norms, biases and any SSM parameter), as the runs recorded before this 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -350,52 +351,70 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe):
     raise ValueError(f"unknown schedule {recipe.schedule!r}")
 
 
+def recipe_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float) -> torch.optim.AdamW:
+    """AdamW with the recipe's betas, weight decay and parameter groups (``DECAY_GROUPS[recipe.decay_groups]``; the
+    family's spare norms, biases and SSM parameters and give the SSMs min(1e-3, lr), as safari's H3 and S4D layers)."""
+    return torch.optim.AdamW(DECAY_GROUPS[recipe.decay_groups](model, recipe.weight_decay, lr), betas=recipe.betas)
+
+
+@contextlib.contextmanager
+def embedding_dropout(model: torch.nn.Module, p: float):
+    """Dropout ``p`` on the output of ``model.get_input_embeddings()`` in training mode, the same for every model
+    (safari's ``embed_dropout``, Zoology's; Llama has no such field)."""
+    if not p:
+        yield
+        return
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: F.dropout(output, p, module.training))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+def training_step(model, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """One AdamW step on the mean next-token loss at the scored positions (no clipping); returns the loss."""
+    loss = causal_loss(model, inputs, targets)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor],
                     recipe: Recipe, lr: float, seed: int) -> dict:
     """``recipe.epochs`` passes over ``train_set`` (inputs, aligned targets), test accuracy after each epoch.
 
-    AdamW with the recipe's betas, weight decay and parameter groups (``DECAY_GROUPS[recipe.decay_groups]``; the
-    family's spare norms, biases and SSM parameters and give the SSMs min(1e-3, lr), as safari's H3 and S4D layers).
-    ``seed`` orders the batches.
-    The recipe's embedding dropout acts on the output of ``model.get_input_embeddings()`` in training mode, the same
-    for every model (Llama has no such field); its attention dropout is the model's config (``recall_models``).
+    ``recipe_optimizer``, ``learning_rate_schedule``, ``training_step`` and the recipe's ``embedding_dropout``
+    (its attention dropout is the model's config: ``recall_models``); ``seed`` orders the batches.
     Returns the final and best test accuracy, the per-epoch accuracies and losses, and the seconds per training step
     (evaluation excluded).
     """
     inputs, targets = train_set
-    optimizer = torch.optim.AdamW(DECAY_GROUPS[recipe.decay_groups](model, recipe.weight_decay, lr),
-                                  betas=recipe.betas)
+    optimizer = recipe_optimizer(model, recipe, lr)
     schedule, interval = learning_rate_schedule(optimizer, recipe)
     order_generator = torch.Generator().manual_seed(seed)
-    embeddings = model.get_input_embeddings()
-    dropout_hook = embeddings.register_forward_hook(
-        lambda module, args, output: F.dropout(output, recipe.embedding_dropout, module.training)
-    ) if recipe.embedding_dropout else None
     accuracy_by_epoch, loss_by_epoch = [], []
     train_seconds, steps = 0.0, 0
-    for _ in range(recipe.epochs):
-        model.train()
-        begin = time.perf_counter()
-        order = torch.randperm(len(inputs), generator=order_generator) if recipe.shuffle else torch.arange(len(inputs))
-        epoch_loss = 0.0
-        for batch in order.split(recipe.batch_size):
-            loss = causal_loss(model, inputs[batch], targets[batch])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if interval == "step":
+    with embedding_dropout(model, recipe.embedding_dropout):
+        for _ in range(recipe.epochs):
+            model.train()
+            begin = time.perf_counter()
+            order = (torch.randperm(len(inputs), generator=order_generator) if recipe.shuffle
+                     else torch.arange(len(inputs)))
+            epoch_loss = 0.0
+            for batch in order.split(recipe.batch_size):
+                epoch_loss += training_step(model, optimizer, inputs[batch], targets[batch])
+                if interval == "step":
+                    schedule.step()
+                steps += 1
+            if interval == "epoch":
                 schedule.step()
-            epoch_loss += loss.item()
-            steps += 1
-        if interval == "epoch":
-            schedule.step()
-        train_seconds += time.perf_counter() - begin
-        loss_by_epoch.append(epoch_loss / recipe.steps_per_epoch)
-        accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
-        if recipe.early_stop_accuracy is not None and accuracy_by_epoch[-1] > recipe.early_stop_accuracy:
-            break
-    if dropout_hook is not None:
-        dropout_hook.remove()
+            train_seconds += time.perf_counter() - begin
+            loss_by_epoch.append(epoch_loss / recipe.steps_per_epoch)
+            accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
+            if recipe.early_stop_accuracy is not None and accuracy_by_epoch[-1] > recipe.early_stop_accuracy:
+                break
     return {"accuracy": accuracy_by_epoch[-1], "best_accuracy": max(accuracy_by_epoch),
             "epochs": len(accuracy_by_epoch), "steps": steps, "train_seconds": train_seconds,
             "seconds_per_step": train_seconds / steps, "final_train_loss": loss_by_epoch[-1],

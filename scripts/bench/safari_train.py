@@ -46,8 +46,9 @@ STOOD_IN = ("torchvision", "torchtext", "wandb")
 METRIC = "val/accuracy_ignore_index"
 
 
-def train(safari_dir: Path, overrides: list[str], output_dir: Path) -> None:
-    """safari's train.py as its own ``__main__``, logging to ``output_dir/metrics.csv``."""
+def train(safari_dir: Path, overrides: list[str], output_dir: Path, callbacks: tuple = ()) -> None:
+    """safari's train.py as its own ``__main__``, logging to ``output_dir/metrics.csv``; ``callbacks`` (Lightning's)
+    join the trainer's own."""
     import hydra.utils  # noqa: PLC0415 (safari's dependencies: installed for this script only)
     import pytorch_lightning as pl  # noqa: PLC0415
     import torchmetrics  # noqa: PLC0415
@@ -64,6 +65,7 @@ def train(safari_dir: Path, overrides: list[str], output_dir: Path) -> None:
     def instantiate_with_csv_logger(config, *args, **kwargs):
         if "logger" in kwargs and kwargs["logger"] is None:  # the trainer, which wandb=null leaves without a logger
             kwargs["logger"] = pl.loggers.CSVLogger(str(output_dir), name="", version="")
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), *callbacks]
         return instantiate(config, *args, **kwargs)
 
     torchmetrics.Metric.to = to_cpu_for_cuda

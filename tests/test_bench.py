@@ -213,6 +213,21 @@ def test_quality_quick_sections_train_every_model_and_report_mean_and_spread(tmp
     assert "of the paper's 400 epochs" in report and "Load average" in report
 
 
+def test_synthetic_data_seed_draws_another_data_set_for_every_training_seed(monkeypatch):
+    drawn = []
+    monkeypatch.setattr(quality, "recall_models", lambda models, shape, seeds, recipe, train_set, test_set, *rest:
+                        drawn.append((train_set[0], test_set[0])) or {})
+    for data_seed in ("0", "0", "1"):
+        args = quality.parse_args(["--quick", "--synthetic_tasks", "associative_recall", "--synthetic_data_seed",
+                                   data_seed, "--synthetic_train_examples", "16", "--synthetic_test_examples", "8"])
+        results = quality.synthetic_section(args, ["llama"], log=lambda message: None)
+        assert results["associative_recall"]["data_seed"] == int(data_seed)
+    assert quality.parse_args([]).synthetic_data_seed == quality.SAFARI_DATA_SEED == 0
+    (train_0, test_0), (train_again, test_again), (train_1, test_1) = drawn
+    assert torch.equal(train_0, train_again) and torch.equal(test_0, test_again)
+    assert not torch.equal(train_1, train_0) and not torch.equal(test_1, test_0)
+
+
 def test_quality_defaults_are_the_papers_recipes_seeds_and_settings():
     args = quality.parse_args([])
     assert args.budget_fraction == 1.0 and args.synthetic_seeds == [0, 1, 2] and args.lm_seeds == [0, 1]

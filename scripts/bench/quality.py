@@ -536,7 +536,7 @@ def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable
     for task_name in args.synthetic_tasks:
         task = SYNTHETIC_TASKS[task_name]
         recipe = run_recipe(task.recipe, args, "synthetic")
-        data = torch.Generator().manual_seed(SAFARI_DATA_SEED)
+        data = torch.Generator().manual_seed(args.synthetic_data_seed)
         train_set = task.generate(recipe.train_examples, generator=data, loss_positions="all")
         test_set = task.generate(recipe.test_examples, generator=data, loss_positions="answer")
         shape = _shape(task.vocab_size, args.synthetic_width, RECALL_LAYERS, RECALL_ATTENTION_HEADS, task.length)
@@ -551,7 +551,8 @@ def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable
             "budget": budget_statement(task.recipe, recipe),
             "floor": {"accuracy": most_frequent_answer_accuracy(*test_set, task.answer_tokens),
                       "heuristic": task.floor_heuristic},
-            "test_in_train": _overlap(train_set[0], test_set[0]), "models": entries,
+            "data_seed": args.synthetic_data_seed, "test_in_train": _overlap(train_set[0], test_set[0]),
+            "models": entries,
         }
     return results
 
@@ -713,7 +714,7 @@ def _synthetic_report(synthetic: dict) -> list[str]:
                   f"{task['attention_heads']} attention head). Paper's recipe ({task['paper_recipe']['source']}): "
                   f"{_recipe_text(task['paper_recipe'])}. Run: {task['budget']}. Heuristic floor "
                   f"**{task['floor']['accuracy']:.3f}** ({task['floor']['heuristic']}, query ignored). Test sequences "
-                  f"also in the training set: {task['test_in_train']}.", "",
+                  f"also in the training set: {task['test_in_train']}; data seed {task.get('data_seed', 0)}.", "",
                   "| model | parameters | accuracy (last epoch) | best epoch | H3 paper (table 2) | s / step | "
                   "paper's budget here, per seed |", "|---|---|---|---|---|---|---|"]
         for name, entry in task["models"].items():
@@ -840,6 +841,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fraction of the papers' epochs run by the synthetic and MQAR recipes (full: 1)")
     parser.add_argument("--synthetic_tasks", type=choice_list(tuple(SYNTHETIC_TASKS)), default=list(SYNTHETIC_TASKS))
     parser.add_argument("--synthetic_width", type=int, default=32)
+    parser.add_argument("--synthetic_data_seed", type=int, default=SAFARI_DATA_SEED,
+                        help="seed of the synthetic tasks' training and test sets, the same for every training seed "
+                             f"(default {SAFARI_DATA_SEED}, as safari's dataset.seed)")
     parser.add_argument("--synthetic_train_examples", type=int, help="fixed training set (paper: 5000)")
     parser.add_argument("--synthetic_test_examples", type=int, help="test sequences (paper: 500)")
     parser.add_argument("--mqar_configs", type=_mqar_configs, help="LENGTH:PAIRS,... (full: 64:4,128:8)")

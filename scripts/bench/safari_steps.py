@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> bool:
     args = parse_args(argv)
     command = " ".join(["python scripts/bench/safari_steps.py", *(argv if argv is not None else sys.argv[1:])])
     safari_dir = check_checkout(args.safari_dir)
+    output = args.output.resolve() if args.output is not None else None  # safari's train.py moves to its checkout
     recipe = RECIPES[args.task]
     steps, total_steps = args.epochs * recipe.steps_per_epoch, recipe.steps
     record = record_safari(safari_dir, args.task, args.seed, steps, total_steps)
@@ -264,9 +265,9 @@ def main(argv: list[str] | None = None) -> bool:
                 for name, change in CONTROLS.items() if args.controls}
     text = report(args.task, args.seed, steps, total_steps, result, controls, safari_dir, command)
     print(text)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
     flagged = all(not outcome["same"] for outcome in controls.values())
     print("quality.py takes safari's steps" if result["same"] else "the training steps differ", file=sys.stderr)
     if not flagged:

@@ -35,7 +35,7 @@ import quality
 import torch
 from safari_checkout import check_checkout, checkout_commit
 from safari_equivalence import SAFARI_TASKS, TIED, our_model, our_name, safari_tensor
-from safari_train import CPU_OVERRIDES, EXPERIMENTS, METRIC, train
+from safari_train import CPU_OVERRIDES, EXPERIMENTS, METRIC, run_argument_parser, train
 
 RECIPES = {"associative_recall": quality.SAFARI_ASSOCIATIVE_RECALL, "induction_head": quality.SAFARI_INDUCTION_HEAD}
 SCHEDULE_TOLERANCE = 1e-9  # relative: the same formula in float64
@@ -236,11 +236,7 @@ def report(task: str, seed: int, steps: int, total_steps: int, result: dict, con
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--safari_dir", type=Path, required=True, help="a checkout of HazyResearch/safari")
-    parser.add_argument("--task", choices=tuple(EXPERIMENTS), required=True)
-    parser.add_argument("--seed", type=int, default=0, help="safari's train.seed (default 0)")
+    parser = run_argument_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the run to replay (default 2)")
     parser.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
                         help="replay the controls too (default; --no-controls for long runs)")

@@ -106,12 +106,19 @@ def summarize(output_dir: Path, task: str, seed: int, command: str, commit: str,
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def run_argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by ``doc``'s first paragraph, with the arguments that pick a run of safari's train.py:
+    the checkout, the task and the seed."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--safari_dir", type=Path, required=True, help="a checkout of HazyResearch/safari")
     parser.add_argument("--task", choices=tuple(EXPERIMENTS), required=True)
     parser.add_argument("--seed", type=int, default=0, help="safari's train.seed (default 0)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = run_argument_parser(__doc__)
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a further Hydra override (repeatable), e.g. trainer.max_epochs=2 for a quick check")

@@ -108,6 +108,14 @@ def safari_tensor(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor[0] if name.endswith(LEADING_CHANNEL) else tensor
 
 
+def load_safari_weights(model: nn.Module, safari_parameters: dict[str, torch.Tensor]) -> None:
+    """Copies safari's parameters, by its names, into ours (its tied output head is our tied one)."""
+    with torch.no_grad():
+        for name, value in safari_parameters.items():
+            if name != TIED:
+                model.get_parameter(our_name(name)).copy_(safari_tensor(name, value))
+
+
 def compare_initialisation(make_safari, make_ours, draws: int) -> list[dict]:
     pooled: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for seed in range(draws):
@@ -142,12 +150,11 @@ def compare_outputs(safari: nn.Module, ours: nn.Module, vocab_size: int, seq_len
     safari_params, our_params = dict(safari.named_parameters()), dict(ours.named_parameters())
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, param in safari_params.items():
+        for param in safari_params.values():
             # Away from the initialisation, where activations of std-0.02 weights are too small to tell e.g. the
             # tanh GELU from the exact one.
             param.add_(WEIGHT_NOISE * torch.randn(param.shape, generator=generator))
-            if name != TIED:
-                our_params[our_name(name)].copy_(safari_tensor(name, param))
+    load_safari_weights(ours, safari_params)
     safari.eval()
     ours.eval()
     inputs = torch.randint(0, vocab_size, (8, seq_len), generator=generator)

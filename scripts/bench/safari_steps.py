@@ -34,7 +34,7 @@ from pathlib import Path
 import quality
 import torch
 from safari_checkout import check_checkout, checkout_commit
-from safari_equivalence import SAFARI_TASKS, TIED, our_model, our_name, safari_tensor
+from safari_equivalence import SAFARI_TASKS, TIED, load_safari_weights, our_model, our_name, safari_tensor
 from safari_train import CPU_OVERRIDES, EXPERIMENTS, METRIC, run_argument_parser, train
 
 RECIPES = {"associative_recall": quality.SAFARI_ASSOCIATIVE_RECALL, "induction_head": quality.SAFARI_INDUCTION_HEAD}
@@ -123,10 +123,7 @@ def replay(record: dict, task: str, recipe: quality.Recipe, total_steps: int) ->
     vocab_size, _ = SAFARI_TASKS[task]
     model = our_model(vocab_size, seed=0)
     our_names = {param: name for name, param in model.named_parameters()}
-    with torch.no_grad():
-        for name, value in record["initial"].items():
-            if name != TIED:
-                model.get_parameter(our_name(name)).copy_(safari_tensor(name, value))
+    load_safari_weights(model, record["initial"])
     lr = recipe.learning_rates[0]
     optimizer = quality.recipe_optimizer(model, recipe, lr)
     schedule, interval = quality.learning_rate_schedule(optimizer, recipe)

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import queue
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import dynamics_ablation  # noqa: E402
 import interleaved_decode  # noqa: E402
 import interleaved_train  # noqa: E402
 import quality  # noqa: E402
+import seed_table  # noqa: E402
 import speed  # noqa: E402
 
 # Comparators
@@ -211,6 +214,11 @@ def test_quality_quick_sections_train_every_model_and_report_mean_and_spread(tmp
     assert "(n=2)" in report and "MQAR" in report and "heuristic floor" in report
     assert "H3 paper (table 2)" in report and "1.000 (H3)" in report and "0.998 (H3)" in report
     assert "of the paper's 400 epochs" in report and "Load average" in report
+    runs = seed_table.read_runs(tmp_path, {"h3:pure": "renamed"})  # every seed of every task and model
+    for task, setting in results["synthetic"].items():
+        for model, code in (("llama", "`llama`"), ("h3:pure", "`renamed`")):
+            lasts = [run.last for run in runs if run.task == task and code in run.code]
+            assert lasts == setting["models"][model]["accuracy"]["values"]
 
 
 def test_synthetic_data_seed_draws_another_data_set_for_every_training_seed(monkeypatch):
@@ -631,6 +639,38 @@ def test_safari_train_summary_takes_each_epochs_last_validation_accuracy(tmp_pat
     assert (summary["last"], summary["best"], summary["best_epoch"]) == (0.625, 0.625, 3)
     assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 1
     assert "**0.625**" in (tmp_path / "summary.md").read_text()
+
+
+def _safari_summary(folder, seed, accuracies):
+    folder.mkdir()
+    _lightning_csv(folder / "metrics.csv", [{"epoch": epoch, "step": epoch, safari_train.METRIC: accuracy}
+                                            for epoch, accuracy in enumerate(accuracies)])
+    safari_train.summarize(folder, "induction_head", seed, "command", "commit", None)
+    return folder
+
+
+def test_seed_table_gives_each_seed_the_mean_the_best_and_the_first_epoch_reaching_each_threshold(tmp_path):
+    folders = [_safari_summary(tmp_path / "seed2", 2, [0.25, 0.75, 0.5]),
+               _safari_summary(tmp_path / "seed0", 0, [0.5, 1.0, 1.0])]
+    text = seed_table.main([*map(str, folders), "--thresholds", "0.5", "0.9"])
+    row = next(line for line in text.splitlines() if line.startswith("| safari's own code"))
+    spread = statistics.stdev([1.0, 0.5])
+    assert row.split(" | ")[1:] == ["0, 2", "1.000 / 0.500", f"0.750 ± {spread:.3f} (n=2)", "1.000 / 0.750",
+                                    "1 / 2, 2 / never |"]
+    assert text.startswith("**induction_head**") and "first epoch reaching 0.5 / 0.9" in text
+
+
+def test_seed_table_refuses_a_seed_twice_a_folder_without_a_run_and_malformed_flags(tmp_path, capsys):
+    folder = _safari_summary(tmp_path / "seed0", 0, [0.5])
+    with pytest.raises(SystemExit, match="seed 0 given twice"):
+        seed_table.main([str(folder), str(folder / "summary.json")])
+    with pytest.raises(SystemExit, match="holding one of summary.json, quality.json, found neither"):
+        seed_table.main([str(tmp_path)])
+    for flags, message in ((["--rename", "h3"], "--rename: 'h3' is not OLD=NEW"),
+                           (["--thresholds", "0"], "--thresholds: 0.0 is not an accuracy in \\(0, 1\\]")):
+        with pytest.raises(SystemExit):
+            seed_table.parse_args([str(folder), *flags])
+        assert re.search(message, capsys.readouterr().err)
 
 
 def test_safari_train_summary_refuses_a_log_without_validation_accuracy(tmp_path):

@@ -5,7 +5,8 @@ The commands are read from the documents themselves (indented or back-quoted lin
 in a temporary folder (so `outputs/...` lands there), offline, with flags appended that shrink it (the last value of
 a repeated flag wins): fewer steps, tiny presets, fewer examples. The main job runs first, since the other examples
 use the folders it writes. The benchmark commands of the README record measurements that take minutes to hours; for
-them the test checks that the benchmark script accepts the command's arguments.
+them the test checks that the benchmark script accepts the command's arguments. The README's seed_table.py commands
+run in full over the committed runs, and the rows they print must be the README's.
 """
 
 from __future__ import annotations
@@ -117,6 +118,34 @@ def test_documented_command_runs(workdir, document, command):
         return
     result = run(command, workdir)
     assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+SEED_TABLES = [command for document, command in COMMANDS
+               if document == "README.md" and script_of(command) == "seed_table.py"]
+
+
+def test_the_readme_builds_its_tables_over_seeds_with_seed_table():
+    assert len(SEED_TABLES) >= 2  # associative recall and induction head, safari's own code beside ours
+
+
+@pytest.mark.parametrize("command", SEED_TABLES)
+def test_readme_tables_over_seeds_are_what_seed_table_prints_from_the_recorded_runs(command, monkeypatch):
+    """The README's rows over seeds run one process each are seed_table.py's output for its documented command,
+    with the shell's globs expanded over the committed runs."""
+    monkeypatch.syspath_prepend(str(SCRIPTS / "bench"))
+    seed_table = load_script("bench/seed_table")
+    words = shlex.split(command)
+    arguments = []
+    for word in words[words.index(next(w for w in words if w.endswith(".py"))) + 1:]:
+        if "*" in word:
+            matches = sorted(REPO_ROOT.glob(word))
+            assert matches, f"{word} matches no recorded run"
+            arguments += map(str, matches)
+        else:
+            arguments.append(word)
+    rows = [line for line in seed_table.main(arguments).splitlines() if line.startswith("| ")]
+    readme = (REPO_ROOT / "README.md").read_text().splitlines()
+    assert rows and [row for row in rows if row not in readme] == []
 
 
 def test_main_job_wrote_hub_ready_folders_with_a_card_and_no_pickle(workdir):

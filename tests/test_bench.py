@@ -236,6 +236,34 @@ def test_synthetic_data_seed_draws_another_data_set_for_every_training_seed(monk
     assert not torch.equal(train_1, train_0) and not torch.equal(test_1, test_0)
 
 
+def test_synthetic_data_file_replaces_the_drawn_sets_after_checking_task_shape_and_size(monkeypatch, tmp_path, capsys):
+    trained_on = []
+    monkeypatch.setattr(quality, "recall_models", lambda models, shape, seeds, recipe, train_set, test_set, *rest:
+                        trained_on.append((train_set, test_set)) or {})
+    task = quality.SYNTHETIC_TASKS["induction_head"]
+    generator = torch.Generator().manual_seed(7)
+    sets = {"train": task.generate(16, generator=generator, loss_positions="all"),
+            "test": task.generate(8, generator=generator, loss_positions="answer")}
+    torch.save({"task": "induction_head", "source": "a test", **sets}, tmp_path / "sets.pt")
+    flags = ["--quick", "--synthetic_train_examples", "16", "--synthetic_test_examples", "8"]
+
+    def section(tasks, path, *more):
+        args = quality.parse_args([*flags, *more, "--synthetic_tasks", tasks, "--synthetic_data_file", str(path)])
+        return quality.synthetic_section(args, ["llama"], log=lambda message: None)
+
+    result = section("induction_head", tmp_path / "sets.pt")["induction_head"]
+    assert result["data"] == "sets.pt: a test" and result["data_seed"] is None
+    (train, test), = trained_on
+    assert all(map(torch.equal, train, sets["train"])) and all(map(torch.equal, test, sets["test"]))
+    with pytest.raises(SystemExit, match="holds the sets of 'induction_head', not 'associative_recall'"):
+        section("associative_recall", tmp_path / "sets.pt")
+    with pytest.raises(SystemExit, match=r"its train inputs \(16, 31\) .* are not 32 sequences of 31 ids below 20"):
+        section("induction_head", tmp_path / "sets.pt", "--synthetic_train_examples", "32")
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--synthetic_data_file", str(tmp_path / "sets.pt")])  # every task, one file
+    assert "holds one task's sets: name it alone in --synthetic_tasks" in capsys.readouterr().err
+
+
 def test_quality_defaults_are_the_papers_recipes_seeds_and_settings():
     args = quality.parse_args([])
     assert args.budget_fraction == 1.0 and args.synthetic_seeds == [0, 1, 2] and args.lm_seeds == [0, 1]
@@ -639,6 +667,14 @@ def test_safari_train_summary_takes_each_epochs_last_validation_accuracy(tmp_pat
     assert (summary["last"], summary["best"], summary["best_epoch"]) == (0.625, 0.625, 3)
     assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 1
     assert "**0.625**" in (tmp_path / "summary.md").read_text()
+
+
+def test_safari_train_needs_an_output_folder_unless_it_only_writes_the_data(capsys):
+    args = safari_train.parse_args(["--safari_dir", "s", "--task", "induction_head", "--write_data", "sets.pt"])
+    assert args.write_data == Path("sets.pt") and args.output_dir is None
+    with pytest.raises(SystemExit):
+        safari_train.parse_args(["--safari_dir", "s", "--task", "induction_head"])
+    assert "--output_dir is required (or --write_data FILE" in capsys.readouterr().err
 
 
 def _safari_summary(folder, seed, accuracies):

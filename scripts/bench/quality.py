@@ -15,7 +15,9 @@ Sections (``--sections``); every model is trained from scratch per seed with the
              0.999), weight decay 0.1, no gradient clipping, warm-up over the first 10% of the steps, then linear
              decay to 0 (associative recall) or cosine to 0.1 lr (induction head), dropout 0.1 on the embeddings and
              the attention weights; accuracy at the answer of 500 test sequences. Paper: H3 100.0 / 99.8,
-             attention 100.0 / 100.0, S4D 35.6 / 86.0 (induction / recall).
+             attention 100.0 / 100.0, S4D 35.6 / 86.0 (induction / recall). The sets are drawn once from
+             ``--synthetic_data_seed``; ``--synthetic_data_file`` trains on safari's own (safari_train.py
+             ``--write_data``) instead.
   mqar       Zoology's multi-query associative recall (vocabulary 8192) at (length, pairs) ``--mqar_configs`` and
              widths ``--mqar_widths``, 2 layers: pure H3, hybrid H3, the Hamiltonian Transformer and Llama. Zoology's
              recipe (``ZOOLOGY_MQAR``): 100,000 training sequences, 64 epochs of batch 512, loss at the queries,
@@ -531,14 +533,35 @@ def recall_models(models: list[str], shape: ModelShape, seeds: list[int], recipe
 # ----------------------------------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------------------------------
+def read_data_file(path: Path, task_name: str, task, recipe: Recipe) -> tuple[tuple, tuple, str]:
+    """The training and test sets (inputs, targets) of ``task_name`` from a file that safari_train.py's
+    ``--write_data`` writes (safari's own sets), checked against the task's shapes and vocabulary and the recipe's
+    set sizes."""
+    data = torch.load(path, weights_only=True)
+    if data.get("task") != task_name:
+        raise SystemExit(f"--synthetic_data_file {path} holds the sets of {data.get('task')!r}, not {task_name!r}")
+    sets = tuple(data["train"]), tuple(data["test"])
+    for name, (inputs, targets), size in zip(("train", "test"), sets, (recipe.train_examples, recipe.test_examples)):
+        ids_fit = 0 <= inputs.min() <= inputs.max() < task.vocab_size
+        if inputs.shape != targets.shape or inputs.shape != (size, task.length) or not ids_fit:
+            raise SystemExit(f"--synthetic_data_file {path}: its {name} inputs {tuple(inputs.shape)} (ids "
+                             f"{inputs.min()}..{inputs.max()}) are not {size} sequences of {task.length} ids below "
+                             f"{task.vocab_size} with targets of the same shape")
+    return *sets, f"{path.name}: {data['source']}"
+
+
 def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
     results = {}
     for task_name in args.synthetic_tasks:
         task = SYNTHETIC_TASKS[task_name]
         recipe = run_recipe(task.recipe, args, "synthetic")
-        data = torch.Generator().manual_seed(args.synthetic_data_seed)
-        train_set = task.generate(recipe.train_examples, generator=data, loss_positions="all")
-        test_set = task.generate(recipe.test_examples, generator=data, loss_positions="answer")
+        if args.synthetic_data_file is None:
+            data = torch.Generator().manual_seed(args.synthetic_data_seed)
+            train_set = task.generate(recipe.train_examples, generator=data, loss_positions="all")
+            test_set = task.generate(recipe.test_examples, generator=data, loss_positions="answer")
+            data_source = f"data seed {args.synthetic_data_seed}"
+        else:
+            train_set, test_set, data_source = read_data_file(args.synthetic_data_file, task_name, task, recipe)
         shape = _shape(task.vocab_size, args.synthetic_width, RECALL_LAYERS, RECALL_ATTENTION_HEADS, task.length)
         log(f"{task_name}: {budget_statement(task.recipe, recipe)}")
         entries = recall_models(models, shape, args.synthetic_seeds, recipe, train_set, test_set, log, task_name)
@@ -551,7 +574,8 @@ def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable
             "budget": budget_statement(task.recipe, recipe),
             "floor": {"accuracy": most_frequent_answer_accuracy(*test_set, task.answer_tokens),
                       "heuristic": task.floor_heuristic},
-            "data_seed": args.synthetic_data_seed, "test_in_train": _overlap(train_set[0], test_set[0]),
+            "data_seed": None if args.synthetic_data_file else args.synthetic_data_seed, "data": data_source,
+            "test_in_train": _overlap(train_set[0], test_set[0]),
             "models": entries,
         }
     return results
@@ -714,7 +738,8 @@ def _synthetic_report(synthetic: dict) -> list[str]:
                   f"{task['attention_heads']} attention head). Paper's recipe ({task['paper_recipe']['source']}): "
                   f"{_recipe_text(task['paper_recipe'])}. Run: {task['budget']}. Heuristic floor "
                   f"**{task['floor']['accuracy']:.3f}** ({task['floor']['heuristic']}, query ignored). Test sequences "
-                  f"also in the training set: {task['test_in_train']}; data seed {task.get('data_seed', 0)}.", "",
+                  f"also in the training set: {task['test_in_train']}; "
+                  f"{task.get('data', 'data seed ' + str(task.get('data_seed', 0)))}.", "",
                   "| model | parameters | accuracy (last epoch) | best epoch | H3 paper (table 2) | s / step | "
                   "paper's budget here, per seed |", "|---|---|---|---|---|---|---|"]
         for name, entry in task["models"].items():
@@ -844,6 +869,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic_data_seed", type=int, default=SAFARI_DATA_SEED,
                         help="seed of the synthetic tasks' training and test sets, the same for every training seed "
                              f"(default {SAFARI_DATA_SEED}, as safari's dataset.seed)")
+    parser.add_argument("--synthetic_data_file", type=Path,
+                        help="train on the training and test sets in this file (safari's own: safari_train.py "
+                             "--write_data) instead of drawing them; one synthetic task, the file's")
     parser.add_argument("--synthetic_train_examples", type=int, help="fixed training set (paper: 5000)")
     parser.add_argument("--synthetic_test_examples", type=int, help="test sequences (paper: 500)")
     parser.add_argument("--mqar_configs", type=_mqar_configs, help="LENGTH:PAIRS,... (full: 64:4,128:8)")
@@ -877,6 +905,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.seeds == []:
         parser.error("--seeds needs at least one seed")
+    if args.synthetic_data_file is not None and len(args.synthetic_tasks) != 1:
+        parser.error(f"--synthetic_data_file holds one task's sets: name it alone in --synthetic_tasks, got "
+                     f"{','.join(args.synthetic_tasks)}")
     for section, seeds in SECTION_SEEDS.items():
         setattr(args, f"{section}_seeds", args.seeds or seeds)
     if not 0 < args.budget_fraction <= 1:

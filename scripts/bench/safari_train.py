@@ -19,6 +19,9 @@ data is safari's ``dataset.seed`` 0, as in quality.py). What differs from runnin
   which safari's model builds with p = 0, is the identity. (torchvision's wheels on PyPI are built for CUDA
   torch and do not load beside the CPU build.)
 
+``--write_data FILE`` writes safari's training and test sets of the task instead (its data module as the config
+builds it, ``dataset.seed`` 0 unless overridden), for ``quality.py --synthetic_data_file FILE``.
+
 Then ``summary.json`` and ``summary.md`` in the output folder give the validation accuracy (safari's
 ``val/accuracy_ignore_index``: the answers of its 500 test sequences) after every epoch, the last and the best.
 ``--summarize_only`` writes them from an existing ``metrics.csv``.
@@ -32,9 +35,11 @@ import json
 import os
 import runpy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import torch
 from safari_checkout import check_checkout, checkout_commit, stand_in
 
 EXPERIMENTS = {
@@ -73,6 +78,23 @@ def train(safari_dir: Path, overrides: list[str], output_dir: Path, callbacks: t
     sys.argv = [str(safari_dir / "train.py"), *overrides, f"hydra.run.dir={output_dir / 'hydra'}"]
     os.chdir(safari_dir)
     runpy.run_path(str(safari_dir / "train.py"), run_name="__main__")
+
+
+def record_data(safari_dir: Path, overrides: list[str]) -> dict[str, tuple]:
+    """safari's training and test sets, (inputs, targets) each, from the data module of the run ``overrides`` pick
+    (read as training starts; the run then stops after its first step)."""
+    import pytorch_lightning as pl  # noqa: PLC0415 (safari's dependency)
+
+    sets = {}
+
+    class Reader(pl.Callback):
+        def on_train_start(self, trainer, module):
+            sets.update({split: tuple(tensor.clone() for tensor in module.dataset.dataset[split].tensors)
+                         for split in ("train", "test")})
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        train(safari_dir, [*overrides, "+trainer.max_steps=1"], Path(output_dir), callbacks=(Reader(),))
+    return sets
 
 
 def epoch_accuracies(metrics_csv: Path) -> list[float]:
@@ -119,24 +141,37 @@ def run_argument_parser(doc: str) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = run_argument_parser(__doc__)
-    parser.add_argument("--output_dir", type=Path, required=True)
+    parser.add_argument("--output_dir", type=Path, help="where the run writes its log and summary (required to train)")
+    parser.add_argument("--write_data", type=Path, metavar="FILE",
+                        help="write safari's training and test sets of the task to FILE instead of training")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a further Hydra override (repeatable), e.g. trainer.max_epochs=2 for a quick check")
     parser.add_argument("--summarize_only", action="store_true", help="summarise an existing metrics.csv")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output_dir is None and args.write_data is None:
+        parser.error("--output_dir is required (or --write_data FILE, to write safari's data only)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     command = " ".join(["python scripts/bench/safari_train.py", *(argv if argv is not None else sys.argv[1:])])
     safari_dir = args.safari_dir.resolve()
+    overrides = [f"experiment={EXPERIMENTS[args.task]}", *CPU_OVERRIDES, f"train.seed={args.seed}", *args.override]
+    if args.write_data is not None:
+        path = args.write_data.resolve()  # before train.py moves into the checkout
+        check_checkout(safari_dir)
+        sets = record_data(safari_dir, overrides)
+        source = (f"HazyResearch/safari {checkout_commit(safari_dir)[:7]}, {EXPERIMENTS[args.task]}"
+                  f"{', ' + ' '.join(args.override) if args.override else ''}")
+        torch.save({"task": args.task, "source": source, **sets}, path)
+        print(f"wrote {path}: {source}; {len(sets['train'][0])} training and {len(sets['test'][0])} test sequences")
+        return {"task": args.task, "source": source, "data": str(path)}
     output_dir = args.output_dir.resolve()
     seconds = None
     if not args.summarize_only:
         check_checkout(safari_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        overrides = [f"experiment={EXPERIMENTS[args.task]}", *CPU_OVERRIDES, f"train.seed={args.seed}",
-                     *args.override]
         start = time.perf_counter()
         train(safari_dir, overrides, output_dir)
         seconds = time.perf_counter() - start

@@ -696,6 +696,20 @@ def test_seed_table_gives_each_seed_the_mean_the_best_and_the_first_epoch_reachi
     assert text.startswith("**induction_head**") and "first epoch reaching 0.5 / 0.9" in text
 
 
+def test_seed_table_keeps_runs_on_other_sets_in_rows_of_their_own(tmp_path):
+    def quality_run(name, **data):
+        run = {"seed": 3, "accuracy_by_epoch": [0.5]}
+        setting = {"models": {"h3:pure": {"per_seed": [run]}}, **data}
+        (tmp_path / name).write_text(json.dumps({"synthetic": {"induction_head": setting}}))
+        return str(tmp_path / name)
+
+    text = seed_table.main([quality_run("a.json", data_seed=0), quality_run("b.json", data_seed=2),
+                            quality_run("c.json", data_seed=None, data="sets.pt: safari's own")])
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| this project")]
+    assert rows == ["| this project (`h3:pure`, quality.py)", "| this project (`h3:pure`, quality.py, data seed 2)",
+                    "| this project (`h3:pure`, quality.py, sets: safari's own)"]
+
+
 def test_seed_table_refuses_a_seed_twice_a_folder_without_a_run_and_malformed_flags(tmp_path, capsys):
     folder = _safari_summary(tmp_path / "seed0", 0, [0.5])
     with pytest.raises(SystemExit, match="seed 0 given twice"):

@@ -6,7 +6,7 @@
 
 Each path is a run's output folder or its JSON: ``summary.json`` of safari_train.py (safari's own code) or
 ``quality.json`` of quality.py (every model and seed of its synthetic section). Runs of the same task by the same
-code and model make one row: the test accuracy after the last epoch of each seed, their mean and sample standard
+code, model and sets make one row: the test accuracy after the last epoch of each seed, their mean and sample standard
 deviation, the best epoch's accuracy of each seed and the first epoch (counted from 1) at which each seed's accuracy
 reaches each of ``--thresholds``. One table per task, printed as markdown. ``--rename OLD=NEW`` counts runs that
 quality.py recorded under model name OLD as NEW's (for runs made before a model had its name).
@@ -63,11 +63,18 @@ def read_runs(path: Path, renamed: dict[str, str] | None = None) -> list[SeedRun
         return [SeedRun(record["task"], code, record["seed"], tuple(record["accuracy_per_epoch"]))]
     if not record.get("synthetic"):
         raise SystemExit(f"{file}: no synthetic-task runs (quality.py's --sections synthetic) and no safari summary")
-    return [SeedRun(task, f"this project (`{renamed.get(model, model)}`, quality.py)", run["seed"],
-                    tuple(run["accuracy_by_epoch"]))
+    return [SeedRun(task, f"this project (`{renamed.get(model, model)}`, quality.py{_data_note(setting)})",
+                    run["seed"], tuple(run["accuracy_by_epoch"]))
             for task, setting in record["synthetic"].items()
             for model, entry in setting["models"].items()
             for run in entry["per_seed"]]
+
+
+def _data_note(setting: dict) -> str:
+    """Where the sets of a quality.py run came from, when not from the default data seed."""
+    if setting.get("data_seed", 0) is None:  # --synthetic_data_file
+        return f", sets: {setting['data'].partition(': ')[2]}"
+    return f", data seed {setting['data_seed']}" if setting.get("data_seed", 0) else ""
 
 
 def _seed_list(seeds: list[int]) -> str:
@@ -81,7 +88,7 @@ def _mean(values: list[float]) -> str:
 
 
 def tables(runs: list[SeedRun], thresholds: tuple[float, ...]) -> str:
-    """One markdown table per task, one row per code and model, its seeds in order."""
+    """One markdown table per task, one row per code, model and sets, its seeds in order."""
     rows: dict[str, dict[str, dict[int, SeedRun]]] = {}
     for run in runs:
         by_seed = rows.setdefault(run.task, {}).setdefault(run.code, {})

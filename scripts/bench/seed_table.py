@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
+
+import quality  # its mean ± spread (n) figures, the reports' own
 
 RUN_FILES = ("summary.json", "quality.json")
 
@@ -82,11 +83,6 @@ def _seed_list(seeds: list[int]) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
 
 
-def _mean(values: list[float]) -> str:
-    spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):.3f}{spread} (n={len(values)})"
-
-
 def tables(runs: list[SeedRun], thresholds: tuple[float, ...]) -> str:
     """One markdown table per task, one row per code, model and sets, its seeds in order."""
     rows: dict[str, dict[str, dict[int, SeedRun]]] = {}
@@ -106,8 +102,9 @@ def tables(runs: list[SeedRun], thresholds: tuple[float, ...]) -> str:
             ordered = [by_seed[seed] for seed in seeds]
             firsts = ", ".join(" / ".join(str(run.first_epoch_reaching(threshold) or "never")
                                           for threshold in thresholds) for run in ordered)
+            mean = quality._figure({"accuracy": quality.summarize([run.last for run in ordered])}, "accuracy", 3)
             lines.append(f"| {code} | {_seed_list(seeds)} | {' / '.join(f'{run.last:.3f}' for run in ordered)} "
-                         f"| {_mean([run.last for run in ordered])} "
+                         f"| {mean} "
                          f"| {' / '.join(f'{run.best:.3f}' for run in ordered)} | {firsts} |")
         lines.append("")
     return "\n".join(lines)

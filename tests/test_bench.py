@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import queue
 import re
 import statistics
@@ -705,9 +706,44 @@ def test_seed_table_keeps_runs_on_other_sets_in_rows_of_their_own(tmp_path):
 
     text = seed_table.main([quality_run("a.json", data_seed=0), quality_run("b.json", data_seed=2),
                             quality_run("c.json", data_seed=None, data="sets.pt: safari's own")])
-    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| this project")]
+    per_seed_table = text.split("\n\n")[1]  # after the task's name; the comparison of the rows follows
+    rows = [line.split(" | ")[0] for line in per_seed_table.splitlines() if line.startswith("| this project")]
     assert rows == ["| this project (`h3:pure`, quality.py)", "| this project (`h3:pure`, quality.py, data seed 2)",
                     "| this project (`h3:pure`, quality.py, sets: safari's own)"]
+
+
+def test_fisher_exact_test_gives_the_lady_tasting_tea_its_textbook_p():
+    # Fisher (1935): all 4 cups of each kind named right; the one-sided p is 1/70 and the table is symmetric
+    assert seed_table.fisher_exact_two_sided(((4, 0), (0, 4))) == pytest.approx(2 / 70)
+    assert seed_table.fisher_exact_two_sided(((2, 2), (2, 2))) == pytest.approx(1.0)
+    # 5 of 6 against 2 of 6: the tables as extreme as it are k = 1, 2, 5, 6 of C(6, k) C(6, 7 - k) / C(12, 7)
+    assert seed_table.fisher_exact_two_sided(((5, 1), (2, 4))) == pytest.approx((6 + 90 + 90 + 6) / 792)
+
+
+def test_seed_table_sets_each_row_against_the_first(tmp_path):
+    first = [_safari_summary(tmp_path / f"safari{seed}", seed, [0.5, last])
+             for seed, last in enumerate([1.0, 0.995, 0.6])]
+
+    def quality_run(seed, accuracies):
+        run = {"seed": seed, "accuracy_by_epoch": accuracies}
+        path = tmp_path / f"ours{seed}.json"
+        path.write_text(json.dumps({"synthetic": {"induction_head": {"models": {"h3:pure": {"per_seed": [run]}}}}}))
+        return str(path)
+
+    ours = [quality_run(0, [0.9, 0.2]), quality_run(1, [0.5, 0.992])]
+    text = seed_table.main([*map(str, first), *ours, "--goal", "0.99"])
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "mean, each" not in line]
+    reference, row = rows[-2], rows[-1]
+    assert reference[2:] == ["2 of 3", "(the first row)", "(the first row)", "(the first row) |"]
+    difference = statistics.fmean([0.2, 0.992]) - statistics.fmean([1.0, 0.995, 0.6])
+    error = math.sqrt(statistics.variance([1.0, 0.995, 0.6]) / 3 + statistics.variance([0.2, 0.992]) / 2)
+    best = statistics.fmean([0.9, 0.992]), statistics.stdev([0.9, 0.992])
+    assert row[1:] == [f"{best[0]:.3f} ± {best[1]:.3f} (n=2)", "1 of 2", f"{difference:+.3f}",
+                       f"{error:.3f} ({abs(difference) / error:.1f} of them)",
+                       f"{seed_table.fisher_exact_two_sided(((2, 1), (1, 1))):.2f} |"]
+    assert "seeds reaching 0.99" in text
+    single = seed_table.main([str(first[0]), *ours])  # no spread is known for one seed
+    assert "- (one seed)" in single
 
 
 def test_seed_table_refuses_a_seed_twice_a_folder_without_a_run_and_malformed_flags(tmp_path, capsys):
@@ -717,7 +753,8 @@ def test_seed_table_refuses_a_seed_twice_a_folder_without_a_run_and_malformed_fl
     with pytest.raises(SystemExit, match="holding one of summary.json, quality.json, found neither"):
         seed_table.main([str(tmp_path)])
     for flags, message in ((["--rename", "h3"], "--rename: 'h3' is not OLD=NEW"),
-                           (["--thresholds", "0"], "--thresholds: 0.0 is not an accuracy in \\(0, 1\\]")):
+                           (["--thresholds", "0"], "--thresholds: 0.0 is not an accuracy in \\(0, 1\\]"),
+                           (["--goal", "1.5"], "--goal: 1.5 is not an accuracy in \\(0, 1\\]")):
         with pytest.raises(SystemExit):
             seed_table.parse_args([str(folder), *flags])
         assert re.search(message, capsys.readouterr().err)

@@ -10,12 +10,18 @@ code, model and sets make one row: the test accuracy after the last epoch of eac
 deviation, the best epoch's accuracy of each seed and the first epoch (counted from 1) at which each seed's accuracy
 reaches each of ``--thresholds``. One table per task, printed as markdown. ``--rename OLD=NEW`` counts runs that
 quality.py recorded under model name OLD as NEW's (for runs made before a model had its name).
+
+Where a task has several rows, a second table sets each against the first: the mean of each seed's best epoch, the
+seeds whose last epoch reaches ``--goal``, the difference of the last-epoch means with its standard error (Welch's:
+each row's sample variance over its seeds) and the two-sided p of Fisher's exact test on the seeds reaching the goal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +89,36 @@ def _seed_list(seeds: list[int]) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
 
 
-def tables(runs: list[SeedRun], thresholds: tuple[float, ...]) -> str:
-    """One markdown table per task, one row per code, model and sets, its seeds in order."""
+def fisher_exact_two_sided(table: tuple[tuple[int, int], tuple[int, int]]) -> float:
+    """Fisher's exact test of a 2 x 2 table of counts: the probability, under the hypergeometric law of its margins,
+    of every table no more probable than the one observed."""
+    (a, b), (c, d) = table
+    row, column, total = a + b, a + c, a + b + c + d
+
+    def probability(k: int) -> float:  # of the table whose top-left count is k
+        return math.comb(row, k) * math.comb(total - row, column - k) / math.comb(total, column)
+
+    observed = probability(a)
+    tables = range(max(0, column + row - total), min(row, column) + 1)
+    return min(1.0, sum(p for p in map(probability, tables) if p <= observed * (1 + 1e-7)))
+
+
+def _comparison(reference: list[SeedRun], ordered: list[SeedRun], goal: float) -> tuple[str, str, str]:
+    """(difference of last-epoch means, its standard errors, Fisher's p) of ``ordered`` against ``reference``."""
+    first, other = [run.last for run in reference], [run.last for run in ordered]
+    difference = statistics.fmean(other) - statistics.fmean(first)
+    reached = [(sum(value >= goal for value in values), len(values)) for values in (first, other)]
+    p = fisher_exact_two_sided(tuple((hits, n - hits) for hits, n in reached))
+    if min(len(first), len(other)) < 2:
+        return f"{difference:+.3f}", "- (one seed)", f"{p:.2f}"
+    error = math.sqrt(statistics.variance(first) / len(first) + statistics.variance(other) / len(other))
+    ratio = f"{abs(difference) / error:.1f}" if error else "-"
+    return f"{difference:+.3f}", f"{error:.3f} ({ratio} of them)", f"{p:.2f}"
+
+
+def tables(runs: list[SeedRun], thresholds: tuple[float, ...], goal: float = 0.99) -> str:
+    """One markdown table per task, one row per code, model and sets, its seeds in order; where a task has several
+    rows, the comparison of each with the first."""
     rows: dict[str, dict[str, dict[int, SeedRun]]] = {}
     for run in runs:
         by_seed = rows.setdefault(run.task, {}).setdefault(run.code, {})
@@ -107,7 +141,23 @@ def tables(runs: list[SeedRun], thresholds: tuple[float, ...]) -> str:
                          f"| {mean} "
                          f"| {' / '.join(f'{run.best:.3f}' for run in ordered)} | {firsts} |")
         lines.append("")
+        if len(codes) > 1:
+            lines += _comparison_table(codes, goal)
     return "\n".join(lines)
+
+
+def _comparison_table(codes: dict[str, dict[int, SeedRun]], goal: float) -> list[str]:
+    ordered = {code: [by_seed[seed] for seed in sorted(by_seed)] for code, by_seed in codes.items()}
+    reference = next(iter(ordered.values()))
+    lines = [f"| run | mean, each seed's best epoch | seeds reaching {goal:g}, last epoch "
+             "| difference of last-epoch means from the first row | its standard error "
+             f"| Fisher's exact p, seeds reaching {goal:g} (two-sided) |", "|---|---|---|---|---|---|"]
+    for index, (code, runs) in enumerate(ordered.items()):
+        best = quality._figure({"accuracy": quality.summarize([run.best for run in runs])}, "accuracy", 3)
+        reached = f"{sum(run.last >= goal for run in runs)} of {len(runs)}"
+        against = ("(the first row)",) * 3 if index == 0 else _comparison(reference, runs, goal)
+        lines.append(f"| {code} | {best} | {reached} | {' | '.join(against)} |")
+    return [*lines, ""]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,6 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("runs", type=Path, nargs="+", help="run output folders or their summary.json/quality.json")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.95],
                         help="accuracies whose first epoch is reported (default 0.5 0.95)")
+    parser.add_argument("--goal", type=float, default=0.99,
+                        help="the accuracy whose seeds the comparison of rows counts (default 0.99)")
     parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                         help="count quality.py's runs of model OLD as NEW's (repeatable)")
     args = parser.parse_args(argv)
@@ -128,12 +180,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for threshold in args.thresholds:
         if not 0.0 < threshold <= 1.0:
             parser.error(f"--thresholds: {threshold} is not an accuracy in (0, 1]")
+    if not 0.0 < args.goal <= 1.0:
+        parser.error(f"--goal: {args.goal} is not an accuracy in (0, 1]")
     return args
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    text = tables([run for path in args.runs for run in read_runs(path, args.renamed)], tuple(args.thresholds))
+    text = tables([run for path in args.runs for run in read_runs(path, args.renamed)], tuple(args.thresholds),
+                  args.goal)
     print(text)
     return text
 

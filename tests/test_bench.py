@@ -625,6 +625,29 @@ def test_safari_names_map_one_to_one_onto_the_parameters_of_the_model_compared_w
         safari_equivalence.our_name("lm_head.bias")
 
 
+def test_initial_values_must_agree_in_distribution_not_only_in_mean_and_spread():
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.randn(8, 4096, generator=generator, dtype=torch.float64)
+    other_normal = torch.randn(8, 4096, generator=generator, dtype=torch.float64)
+    uniform = (torch.rand(8, 4096, generator=generator, dtype=torch.float64) - 0.5) * 12 ** 0.5  # mean 0, std 1
+    assert safari_equivalence.compare_values(normal, other_normal)["ok"]
+    flagged = safari_equivalence.compare_values(normal, uniform)
+    gap, bound = flagged["gap"]
+    assert not flagged["ok"] and gap > bound  # the mean and the spread agree: the gap alone flags it
+    assert abs(flagged["our"][1] - 1.0) < 0.02
+
+
+def test_entries_the_initialisation_fixes_must_be_the_same_entries_and_values_to_rounding():
+    fixed = torch.arange(64, dtype=torch.float32).mul(torch.pi).double().expand(8, 64)
+    rounded = torch.arange(64, dtype=torch.float64).mul(torch.pi).expand(8, 64)  # pi * n in float64: 1e-7 apart
+    row = safari_equivalence.compare_values(fixed, rounded)
+    assert row["ok"] and row["gap"] is None and row["note"].startswith("all fixed, to ")
+    assert not safari_equivalence.compare_values(fixed, rounded * 1.001)["ok"]
+    drawn = fixed + torch.randn(8, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    row = safari_equivalence.compare_values(fixed, drawn)
+    assert not row["ok"] and row["note"] == "64 entries fixed in one model only"
+
+
 def test_stood_in_modules_answer_imports_and_stochastic_depth_is_the_identity_at_zero_only():
     assert isinstance(safari_checkout.stochastic_depth(0.0, "row"), torch.nn.Identity)
     with pytest.raises(ValueError, match="p=0.1"):
@@ -668,6 +691,11 @@ def test_safari_train_summary_takes_each_epochs_last_validation_accuracy(tmp_pat
     assert (summary["last"], summary["best"], summary["best_epoch"]) == (0.625, 0.625, 3)
     assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 1
     assert "**0.625**" in (tmp_path / "summary.md").read_text()
+    assert "Versions not recorded" in (tmp_path / "summary.md").read_text()  # summarised from a log alone
+    versions = {"torch": "2.13.0+cpu", "pytorch_lightning": "1.8.6"}
+    safari_train.summarize(tmp_path, "associative_recall", 1, "command", "commit", 12.0, versions)
+    assert json.loads((tmp_path / "summary.json").read_text())["versions"] == versions
+    assert "Trained with torch 2.13.0+cpu, pytorch_lightning 1.8.6." in (tmp_path / "summary.md").read_text()
 
 
 def test_safari_train_needs_an_output_folder_unless_it_only_writes_the_data(capsys):

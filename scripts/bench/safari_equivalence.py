@@ -7,8 +7,10 @@ For the H3 paper's two synthetic tasks (safari's ``configs/experiment/synthetics
 /h3*.yaml``: ``lm_simple`` with the ``h3`` layer, width 32, 2 layers, MLP width 128, vocabulary 10 or 20) this builds
 safari's ``SimpleLMHeadModel`` from the checkout given and quality.py's ``h3:pure:shift_b:safari_init``, then
 
-1. draws both ``--draws`` times and compares every parameter's initial mean and standard deviation (pooled over the
-   draws), flagging a difference beyond 5 standard errors (constant parameters must agree exactly);
+1. draws both ``--draws`` times and compares every parameter's initial values (``compare_values``): the entries the
+   initialisation fixes (the same in every draw) must be the same entries and values, to float rounding; the drawn
+   ones, pooled over the draws, must agree in mean and standard deviation within 5 standard errors and in
+   distribution (a two-sample Kolmogorov-Smirnov test at level 1e-4);
 2. copies safari's weights into ours (the name map below) and compares the logits of a random batch in eval mode
    and the gradients of a cross-entropy loss on it, parameter by parameter.
 
@@ -60,6 +62,8 @@ WEIGHT_NOISE = 0.2  # added to every weight before the outputs are compared
 LOGIT_TOLERANCE = 1e-5  # relative to the largest logit
 GRADIENT_TOLERANCE = 1e-4  # relative to the largest entry of each parameter's gradient
 STANDARD_ERRORS = 5.0
+KS_LEVEL = 1e-4  # of each parameter's Kolmogorov-Smirnov test (some 100 of them: a false flag about 1% of the time)
+FIXED_TOLERANCE = 1e-6  # relative: values set by a formula, computed in two ways (pi * n in float32)
 
 
 def our_name(safari_name: str) -> str:
@@ -116,6 +120,49 @@ def load_safari_weights(model: nn.Module, safari_parameters: dict[str, torch.Ten
                 model.get_parameter(our_name(name)).copy_(safari_tensor(name, value))
 
 
+def cdf_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs of ``a`` and ``b``."""
+    a, b = a.sort().values, b.sort().values
+    points = torch.cat([a, b])
+    below_a = torch.searchsorted(a, points, right=True) / a.numel()
+    below_b = torch.searchsorted(b, points, right=True) / b.numel()
+    return (below_a - below_b).abs().max().item()
+
+
+def cdf_gap_bound(n: int, m: int) -> float:
+    """The gap two samples of sizes n and m drawn from one distribution exceed with probability KS_LEVEL (the
+    Kolmogorov distribution's asymptotic tail)."""
+    return math.sqrt(-math.log(KS_LEVEL / 2) / 2 * (n + m) / (n * m))
+
+
+def compare_values(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Compares one parameter's initial values in two models, ``draws x entries`` each. An entry with the same
+    value in every draw is fixed by the initialisation (a constant, the S4D-Lin imaginary parts): fixed entries must
+    be the same entries in both and hold the same values, to float rounding. The drawn entries, pooled, must agree
+    in mean and standard deviation (within STANDARD_ERRORS) and in distribution (the Kolmogorov-Smirnov gap)."""
+    row = {"safari": (a.mean().item(), a.std().item()), "our": (b.mean().item(), b.std().item()), "gap": None}
+    if a.shape != b.shape:
+        return {**row, "ok": False, "note": f"{a[0].numel()} against {b[0].numel()} values"}
+    fixed_a, fixed_b = (a == a[0]).all(0), (b == b[0]).all(0)
+    if not torch.equal(fixed_a, fixed_b):
+        return {**row, "ok": False, "note": f"{(fixed_a != fixed_b).sum().item()} entries fixed in one model only"}
+    notes, ok = [], True
+    if fixed_a.any():
+        fixed, other = a[0, fixed_a], b[0, fixed_a]
+        difference = ((fixed - other).abs().max() / fixed.abs().max().clamp_min(1e-30)).item()
+        ok = difference <= FIXED_TOLERANCE
+        notes.append(f"{'all' if fixed_a.all() else fixed_a.sum().item()} fixed"
+                     + (f", to {difference:.0e} of the largest" if difference else ""))
+    if not fixed_a.all():
+        x, y = a[:, ~fixed_a].flatten(), b[:, ~fixed_a].flatten()
+        spread = max(x.std().item(), y.std().item())
+        error = spread / math.sqrt(x.numel())  # standard error of a mean; a standard deviation's is smaller
+        row["gap"] = (cdf_gap(x, y), cdf_gap_bound(x.numel(), y.numel()))
+        ok = (ok and abs(x.mean().item() - y.mean().item()) <= STANDARD_ERRORS * math.sqrt(2) * error
+              and abs(x.std().item() - y.std().item()) <= STANDARD_ERRORS * error and row["gap"][0] <= row["gap"][1])
+    return {**row, "ok": ok, "note": "; ".join(notes)}
+
+
 def compare_initialisation(make_safari, make_ours, draws: int) -> list[dict]:
     pooled: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for seed in range(draws):
@@ -128,20 +175,12 @@ def compare_initialisation(make_safari, make_ours, draws: int) -> list[dict]:
             our_values.append(ours[our_name(name)].detach().flatten().double())
     rows = []
     for name, (safari_values, our_values) in pooled.items():
-        a, b = torch.cat(safari_values), torch.cat(our_values)
-        if a.numel() != b.numel():
-            rows.append({"name": name, "ok": False, "note": f"{a.numel()} against {b.numel()} values"})
+        if safari_values[0].numel() != our_values[0].numel():
+            rows.append({"name": name, "ok": False,
+                         "note": f"{safari_values[0].numel()} against {our_values[0].numel()} values"})
             continue
-        spread = max(a.std().item(), b.std().item())
-        if spread == 0.0:
-            ok, note = bool(torch.equal(a, b)), "constant"
-        else:
-            error = spread / math.sqrt(a.numel())  # standard error of a mean; a standard deviation's is smaller
-            ok = (abs(a.mean().item() - b.mean().item()) <= STANDARD_ERRORS * math.sqrt(2) * error
-                  and abs(a.std().item() - b.std().item()) <= STANDARD_ERRORS * error)
-            note = ""
-        rows.append({"name": name, "ours": our_name(name), "ok": ok, "note": note,
-                     "safari": (a.mean().item(), a.std().item()), "our": (b.mean().item(), b.std().item())})
+        rows.append({"name": name, "ours": our_name(name),
+                     **compare_values(torch.stack(safari_values), torch.stack(our_values))})
     return rows
 
 
@@ -190,15 +229,18 @@ def report(results: dict, draws: int, safari_dir: Path) -> str:
                   f"{outputs['logit_difference']:.1e} (largest logit {outputs['logit_scale']:.2f}); gradients by at "
                   f"most {outputs['gradient_difference']:.1e} of a parameter's largest gradient entry "
                   f"(`{outputs['gradient_worst']}`).", "",
-                  f"Initial values over {draws} draws of each model (mean / std):", "",
-                  "| safari's parameter | ours | safari | ours | |", "|---|---|---|---|---|"]
+                  f"Initial values over {draws} draws of each model (mean / std of all entries; the largest gap "
+                  f"between the two CDFs of the drawn entries, and the gap that one distribution exceeds with "
+                  f"probability {KS_LEVEL:g}):", "",
+                  "| safari's parameter | ours | safari | ours | CDF gap (bound) | |", "|---|---|---|---|---|---|"]
         for row in result["initialisation"]:
             if "safari" not in row:
-                lines.append(f"| `{row['name']}` | | | | {row['note']} |")
+                lines.append(f"| `{row['name']}` | | | | | {row['note']} |")
                 continue
             verdict = "same" if row["ok"] else "**differs**"
+            gap = f"{row['gap'][0]:.3f} ({row['gap'][1]:.3f})" if row["gap"] else "-"
             lines.append(f"| `{row['name']}` | `{row['ours']}` | {row['safari'][0]:.4f} / {row['safari'][1]:.4f} | "
-                         f"{row['our'][0]:.4f} / {row['our'][1]:.4f} | {verdict}"
+                         f"{row['our'][0]:.4f} / {row['our'][1]:.4f} | {gap} | {verdict}"
                          f"{' (' + row['note'] + ')' if row['note'] else ''} |")
         lines.append("")
     return "\n".join(lines)

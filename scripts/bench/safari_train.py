@@ -2,7 +2,7 @@
 
     git clone https://github.com/HazyResearch/safari SAFARI
     python -m venv --system-site-packages .venv-safari
-    .venv-safari/bin/pip install "pytorch-lightning==1.8.6" "lightning-utilities<0.10" "setuptools<70" \\
+    .venv-safari/bin/pip install "pytorch-lightning==1.8.6" "lightning-utilities<0.10" "setuptools>=77.0.3,<81" \\
         hydra-core omegaconf rich einops opt_einsum && .venv-safari/bin/pip install --no-deps "timm==0.6.13"
     .venv-safari/bin/python scripts/bench/safari_train.py --safari_dir SAFARI --task associative_recall --seed 0 \\
         --output_dir docs/bench/safari_own/associative_recall/seed0
@@ -22,9 +22,15 @@ data is safari's ``dataset.seed`` 0, as in quality.py). What differs from runnin
 ``--write_data FILE`` writes safari's training and test sets of the task instead (its data module as the config
 builds it, ``dataset.seed`` 0 unless overridden), for ``quality.py --synthetic_data_file FILE``.
 
+The environment: lightning-utilities 0.9 imports ``pkg_resources``, which setuptools 81 dropped, and torch 2.13
+needs setuptools 77.0.3 or later; within those bounds the virtual environment keeps the torch it sees (this
+project's). An upper bound alone (the ``setuptools<70`` this docstring gave before) makes pip replace torch with
+the newest release that accepts that setuptools, a CUDA build of torch 2.12.1.
+
 Then ``summary.json`` and ``summary.md`` in the output folder give the validation accuracy (safari's
-``val/accuracy_ignore_index``: the answers of its 500 test sequences) after every epoch, the last and the best.
-``--summarize_only`` writes them from an existing ``metrics.csv``.
+``val/accuracy_ignore_index``: the answers of its 500 test sequences) after every epoch, the last and the best,
+and the versions of torch and Lightning that trained. ``--summarize_only`` writes them from an existing
+``metrics.csv`` (the versions then unknown).
 """
 
 from __future__ import annotations
@@ -109,23 +115,38 @@ def epoch_accuracies(metrics_csv: Path) -> list[float]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def summarize(output_dir: Path, task: str, seed: int, command: str, commit: str, seconds: float | None) -> dict:
+def training_versions() -> dict[str, str]:
+    """The versions of what trains: torch and Lightning, as this process imports them."""
+    import pytorch_lightning as pl  # noqa: PLC0415 (safari's dependency)
+
+    return {"torch": torch.__version__, "pytorch_lightning": pl.__version__}
+
+
+def summarize(output_dir: Path, task: str, seed: int, command: str, commit: str, seconds: float | None,
+              versions: dict[str, str] | None = None) -> dict:
     accuracies = epoch_accuracies(output_dir / "metrics.csv")
     best = max(range(len(accuracies)), key=accuracies.__getitem__)
     summary = {
         "task": task, "experiment": EXPERIMENTS[task], "seed": seed, "safari_commit": commit, "command": command,
         "epochs": len(accuracies), "last": accuracies[-1], "best": accuracies[best], "best_epoch": best + 1,
-        "accuracy_per_epoch": accuracies, "seconds": seconds,
+        "accuracy_per_epoch": accuracies, "seconds": seconds, "versions": versions,
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     every = max(1, len(accuracies) // 10)
     curve = ", ".join(f"{epoch + 1}: {accuracies[epoch]:.3f}" for epoch in range(every - 1, len(accuracies), every))
     (output_dir / "summary.md").write_text(
         f"# safari's own training: {task}, seed {seed}\n\n"
-        f"HazyResearch/safari at {commit}, experiment `{EXPERIMENTS[task]}`. Command: `{command}`.\n\n"
+        f"HazyResearch/safari at {commit}, experiment `{EXPERIMENTS[task]}`. Command: `{command}`. "
+        f"{_versions_line(versions)}\n\n"
         f"Validation accuracy ({METRIC}) after the last of {len(accuracies)} epochs: **{accuracies[-1]:.3f}**; "
         f"best {accuracies[best]:.3f} (epoch {best + 1}).\n\nAfter epochs {curve}.\n")
     return summary
+
+
+def _versions_line(versions: dict[str, str] | None) -> str:
+    if versions is None:
+        return "Versions not recorded (summarised from the log)."
+    return "Trained with " + ", ".join(f"{name} {version}" for name, version in versions.items()) + "."
 
 
 def run_argument_parser(doc: str) -> argparse.ArgumentParser:
@@ -168,14 +189,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"wrote {path}: {source}; {len(sets['train'][0])} training and {len(sets['test'][0])} test sequences")
         return {"task": args.task, "source": source, "data": str(path)}
     output_dir = args.output_dir.resolve()
-    seconds = None
+    seconds, versions = None, None
     if not args.summarize_only:
         check_checkout(safari_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         train(safari_dir, overrides, output_dir)
-        seconds = time.perf_counter() - start
-    summary = summarize(output_dir, args.task, args.seed, command, checkout_commit(safari_dir), seconds)
+        seconds, versions = time.perf_counter() - start, training_versions()
+    summary = summarize(output_dir, args.task, args.seed, command, checkout_commit(safari_dir), seconds, versions)
     print(f"{args.task} seed {args.seed}: last {summary['last']:.3f}, best {summary['best']:.3f} "
           f"(epoch {summary['best_epoch']} of {summary['epochs']})")
     return summary

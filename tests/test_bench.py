@@ -748,6 +748,19 @@ def test_fisher_exact_test_gives_the_lady_tasting_tea_its_textbook_p():
     assert seed_table.fisher_exact_two_sided(((5, 1), (2, 4))) == pytest.approx((6 + 90 + 90 + 6) / 792)
 
 
+def test_rank_sum_test_counts_the_splits_as_extreme_as_the_one_observed():
+    # three against three, wholly separated: 2 of the C(6, 3) = 20 splits are as extreme (either way round)
+    assert seed_table.rank_sum_two_sided([1, 2, 3], [4, 5, 6]) == pytest.approx(2 / 20)
+    assert seed_table.rank_sum_two_sided([4, 5, 6], [1, 2, 3]) == pytest.approx(2 / 20)
+    # a seed that never reaches the threshold (inf) ranks last; the two nevers tie at rank 4.5. Of the C(5, 2) = 10
+    # splits, {1, 2} (rank sum 3) and {4.5, 4.5} (9) lie 3 from the centre 6; every other within 1.5
+    assert seed_table.rank_sum_two_sided([1, 2], [3, math.inf, math.inf]) == pytest.approx(2 / 10)
+    assert seed_table.rank_sum_two_sided([1, math.inf], [2, math.inf]) == 1.0
+    # three nevers share rank 4: {4, 4} (sum 8, three ways) and {1, 2} (3) lie at least 2 from the centre 6
+    assert seed_table.rank_sum_two_sided([math.inf, math.inf], [1, 2, math.inf]) == pytest.approx(4 / 10)
+    assert seed_table.rank_sum_two_sided([7, 7], [7, 7, 7]) == 1.0
+
+
 def test_seed_table_sets_each_row_against_the_first(tmp_path):
     first = [_safari_summary(tmp_path / f"safari{seed}", seed, [0.5, last])
              for seed, last in enumerate([1.0, 0.995, 0.6])]
@@ -762,13 +775,13 @@ def test_seed_table_sets_each_row_against_the_first(tmp_path):
     text = seed_table.main([*map(str, first), *ours, "--goal", "0.99"])
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "mean, each" not in line]
     reference, row = rows[-2], rows[-1]
-    assert reference[2:] == ["2 of 3", "(the first row)", "(the first row)", "(the first row) |"]
+    assert reference[2:] == ["2 of 3", *["(the first row)"] * 3, "(the first row) |"]
     difference = statistics.fmean([0.2, 0.992]) - statistics.fmean([1.0, 0.995, 0.6])
     error = math.sqrt(statistics.variance([1.0, 0.995, 0.6]) / 3 + statistics.variance([0.2, 0.992]) / 2)
     best = statistics.fmean([0.9, 0.992]), statistics.stdev([0.9, 0.992])
     assert row[1:] == [f"{best[0]:.3f} ± {best[1]:.3f} (n=2)", "1 of 2", f"{difference:+.3f}",
                        f"{error:.3f} ({abs(difference) / error:.1f} of them)",
-                       f"{seed_table.fisher_exact_two_sided(((2, 1), (1, 1))):.2f} |"]
+                       f"{seed_table.fisher_exact_two_sided(((2, 1), (1, 1))):.2f}", "1.000 |"]  # all at epoch 1
     assert "seeds reaching 0.99" in text
     single = seed_table.main([str(first[0]), *ours])  # no spread is known for one seed
     assert "- (one seed)" in single

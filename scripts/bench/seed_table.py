@@ -13,7 +13,9 @@ quality.py recorded under model name OLD as NEW's (for runs made before a model 
 
 Where a task has several rows, a second table sets each against the first: the mean of each seed's best epoch, the
 seeds whose last epoch reaches ``--goal``, the difference of the last-epoch means with its standard error (Welch's:
-each row's sample variance over its seeds) and the two-sided p of Fisher's exact test on the seeds reaching the goal.
+each row's sample variance over its seeds), the two-sided p of Fisher's exact test on the seeds reaching the goal
+and that of the exact rank-sum (Wilcoxon-Mann-Whitney) test on the first epoch reaching the first of
+``--thresholds`` (a seed that never reaches it ranks after every one that does).
 """
 
 from __future__ import annotations
@@ -103,17 +105,44 @@ def fisher_exact_two_sided(table: tuple[tuple[int, int], tuple[int, int]]) -> fl
     return min(1.0, sum(p for p in map(probability, tables) if p <= observed * (1 + 1e-7)))
 
 
-def _comparison(reference: list[SeedRun], ordered: list[SeedRun], goal: float) -> tuple[str, str, str]:
-    """(difference of last-epoch means, its standard errors, Fisher's p) of ``ordered`` against ``reference``."""
+def rank_sum_two_sided(first: list[float], second: list[float]) -> float:
+    """The exact two-sided p of the rank-sum test: the share of all ways to split the pooled values into groups of
+    these sizes whose rank sum lies at least as far from its mean as ``first``'s does (ties take their mean rank)."""
+    pooled = sorted(first + second)
+    doubled = {}  # twice each value's mean rank, an integer
+    for start, value in enumerate(pooled):
+        if value not in doubled:
+            end = start + pooled.count(value)  # the tied block holds ranks start + 1 ... end
+            doubled[value] = start + 1 + end
+    ways = [{0: 1}]  # ways[k][s]: subsets of k of the values seen so far with doubled rank sum s
+    for value in pooled:
+        rank = doubled[value]
+        ways.append({})
+        for k in range(len(ways) - 1, 0, -1):
+            for total, count in ways[k - 1].items():
+                ways[k][total + rank] = ways[k].get(total + rank, 0) + count
+    n, size = len(first), len(pooled)
+    centre = n * sum(doubled[value] for value in pooled) / size
+    observed = abs(sum(doubled[value] for value in first) - centre)
+    extreme = sum(count for total, count in ways[n].items() if abs(total - centre) >= observed - 1e-9)
+    return extreme / math.comb(size, n)
+
+
+def _comparison(reference: list[SeedRun], ordered: list[SeedRun], goal: float,
+                threshold: float) -> tuple[str, str, str, str]:
+    """(difference of last-epoch means, its standard errors, Fisher's p, the rank-sum p of the first epochs reaching
+    ``threshold``) of ``ordered`` against ``reference``."""
     first, other = [run.last for run in reference], [run.last for run in ordered]
     difference = statistics.fmean(other) - statistics.fmean(first)
     reached = [(sum(value >= goal for value in values), len(values)) for values in (first, other)]
     p = fisher_exact_two_sided(tuple((hits, n - hits) for hits, n in reached))
+    epochs = [[run.first_epoch_reaching(threshold) or math.inf for run in runs] for runs in (reference, ordered)]
+    onset = f"{rank_sum_two_sided(*epochs):.3f}"
     if min(len(first), len(other)) < 2:
-        return f"{difference:+.3f}", "- (one seed)", f"{p:.2f}"
+        return f"{difference:+.3f}", "- (one seed)", f"{p:.2f}", onset
     error = math.sqrt(statistics.variance(first) / len(first) + statistics.variance(other) / len(other))
     ratio = f"{abs(difference) / error:.1f}" if error else "-"
-    return f"{difference:+.3f}", f"{error:.3f} ({ratio} of them)", f"{p:.2f}"
+    return f"{difference:+.3f}", f"{error:.3f} ({ratio} of them)", f"{p:.2f}", onset
 
 
 def tables(runs: list[SeedRun], thresholds: tuple[float, ...], goal: float = 0.99) -> str:
@@ -142,20 +171,21 @@ def tables(runs: list[SeedRun], thresholds: tuple[float, ...], goal: float = 0.9
                          f"| {' / '.join(f'{run.best:.3f}' for run in ordered)} | {firsts} |")
         lines.append("")
         if len(codes) > 1:
-            lines += _comparison_table(codes, goal)
+            lines += _comparison_table(codes, goal, thresholds[0])
     return "\n".join(lines)
 
 
-def _comparison_table(codes: dict[str, dict[int, SeedRun]], goal: float) -> list[str]:
+def _comparison_table(codes: dict[str, dict[int, SeedRun]], goal: float, threshold: float) -> list[str]:
     ordered = {code: [by_seed[seed] for seed in sorted(by_seed)] for code, by_seed in codes.items()}
     reference = next(iter(ordered.values()))
     lines = [f"| run | mean, each seed's best epoch | seeds reaching {goal:g}, last epoch "
              "| difference of last-epoch means from the first row | its standard error "
-             f"| Fisher's exact p, seeds reaching {goal:g} (two-sided) |", "|---|---|---|---|---|---|"]
+             f"| Fisher's exact p, seeds reaching {goal:g} (two-sided) "
+             f"| rank-sum p, first epoch reaching {threshold:g} (exact, two-sided) |", "|---|---|---|---|---|---|---|"]
     for index, (code, runs) in enumerate(ordered.items()):
         best = quality._figure({"accuracy": quality.summarize([run.best for run in runs])}, "accuracy", 3)
         reached = f"{sum(run.last >= goal for run in runs)} of {len(runs)}"
-        against = ("(the first row)",) * 3 if index == 0 else _comparison(reference, runs, goal)
+        against = ("(the first row)",) * 4 if index == 0 else _comparison(reference, runs, goal, threshold)
         lines.append(f"| {code} | {best} | {reached} | {' | '.join(against)} |")
     return [*lines, ""]
 

@@ -366,6 +366,26 @@ def test_budget_statement_names_the_learning_rates_and_decay_groups_that_differ_
             f"{quality.DECAY_GROUP_TEXT['all']})") in statement
 
 
+def test_order_seed_offset_draws_another_batch_order_from_the_same_initial_weights():
+    args = quality.parse_args(["--order_seed_offset", "1000"])
+    recipe = quality.run_recipe(quality.SAFARI_INDUCTION_HEAD, args, "synthetic")
+    assert recipe.order_seed_offset == 1000
+    assert "the batch order drawn from seed + 1000" in quality.budget_statement(quality.SAFARI_INDUCTION_HEAD, recipe)
+    assert quality.run_recipe(quality.SAFARI_INDUCTION_HEAD, quality.parse_args([]), "synthetic") == \
+        quality.SAFARI_INDUCTION_HEAD  # the default: the order from the seed itself, as before
+    train_set = induction_head(64, generator=torch.Generator().manual_seed(3))
+    test_set = induction_head(16, generator=torch.Generator().manual_seed(4), loss_positions="answer")
+    losses = {}
+    for offset in (0, 1000, 0):
+        figures = quality.train_fixed_set(_tiny_llama(), train_set, test_set,
+                                          _tiny_recipe(epochs=1, batch_size=16, order_seed_offset=offset), 3e-3, seed=0)
+        losses.setdefault(offset, []).append(figures["train_loss_by_epoch"][0])
+    assert losses[0][0] == losses[0][1]  # the order is the seed's: a rerun repeats it
+    assert losses[1000][0] != pytest.approx(losses[0][0], rel=1e-6)  # same weights and data, another order
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--order_seed_offset", "-1"])
+
+
 def _tiny_recipe(**overrides) -> quality.Recipe:
     fields = dict(source="test", train_examples=32, test_examples=16, epochs=30, batch_size=32, learning_rates=(3e-3,),
                   weight_decay=0.0, betas=(0.9, 0.999), schedule="linear_warmup", shuffle=True)

@@ -51,6 +51,11 @@ Weight decay goes where the papers' code puts it (``Recipe.decay_groups``): safa
 diagonal SSMs' dt, A and B, which get min(1e-3, lr) (its synthetic configs set no ``optimizer_param_grouping``);
 Zoology decays every parameter at one learning rate. ``--decay_groups family`` runs the family's groups instead (no
 decay on norms, biases and any SSM parameter), as the runs recorded before this option did.
+
+Each seed draws the initial weights (then the dropout masks, from torch's global generator) and, from a generator of
+its own seeded alike, the batch order. Both generators then run through the same stream of random numbers, where
+safari's data loader draws each epoch's order from the global stream after the initialisation.
+``--order_seed_offset K`` seeds the batch order with the seed plus K, decoupling the two.
 """
 
 from __future__ import annotations
@@ -173,6 +178,7 @@ class Recipe:
     embedding_dropout: float = 0.0  # on the token embeddings while training (safari's embed_dropout)
     attention_dropout: float = 0.0  # on the attention weights while training (safari's attn_cfg.dropout)
     decay_groups: str = "family"  # which parameters are decayed: see DECAY_GROUPS
+    order_seed_offset: int = 0  # the batch order's generator is seeded with the run's seed plus this
 
     def __post_init__(self):
         if self.decay_groups not in DECAY_GROUPS:
@@ -277,6 +283,8 @@ def run_recipe(recipe: Recipe, args: argparse.Namespace, section: str) -> Recipe
             overrides[field] = tuple(value) if field == "learning_rates" else value
     if args.decay_groups is not None:
         overrides["decay_groups"] = args.decay_groups
+    if args.order_seed_offset:
+        overrides["order_seed_offset"] = args.order_seed_offset
     return dataclasses.replace(recipe, **overrides)
 
 
@@ -293,6 +301,9 @@ def budget_statement(paper: Recipe, run: Recipe) -> str:
     if run.decay_groups != paper.decay_groups:
         statement += (f"; weight decay {DECAY_GROUP_TEXT[run.decay_groups]} "
                       f"(the paper's: {DECAY_GROUP_TEXT[paper.decay_groups]})")
+    if run.order_seed_offset:
+        statement += (f"; the batch order drawn from seed + {run.order_seed_offset} (the initial weights and dropout "
+                      "from the seed)")
     return statement
 
 
@@ -395,7 +406,7 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
     inputs, targets = train_set
     optimizer = recipe_optimizer(model, recipe, lr)
     schedule, interval = learning_rate_schedule(optimizer, recipe)
-    order_generator = torch.Generator().manual_seed(seed)
+    order_generator = torch.Generator().manual_seed(seed + recipe.order_seed_offset)
     accuracy_by_epoch, loss_by_epoch = [], []
     train_seconds, steps = 0.0, 0
     with embedding_dropout(model, recipe.embedding_dropout):
@@ -882,6 +893,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="learning rates tried, the best reported (Zoology: 1e-4,4.64e-4,2.15e-3,1e-2)")
     parser.add_argument("--decay_groups", choices=sorted(DECAY_GROUPS),
                         help="weight-decay groups of the synthetic and MQAR recipes (default: each recipe's own)")
+    parser.add_argument("--order_seed_offset", type=int, default=0,
+                        help="seed the synthetic and MQAR batch order with each seed plus this, not the seed that "
+                             "also draws the initial weights (default 0: the same seed)")
     parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of the LM and ListOps sections")
     parser.add_argument("--weight_decay", type=float, default=0.1, help="weight decay of the LM section")
     parser.add_argument("--batch_size", type=int, default=64, help="batch size of the LM and ListOps sections")
@@ -912,6 +926,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         setattr(args, f"{section}_seeds", args.seeds or seeds)
     if not 0 < args.budget_fraction <= 1:
         parser.error(f"--budget_fraction must be in (0, 1], got {args.budget_fraction}")
+    if args.order_seed_offset < 0:
+        parser.error(f"--order_seed_offset must be 0 or more (seeds are non-negative), got {args.order_seed_offset}")
     for key in ("batch_size", "head_dim", "synthetic_width", "synthetic_train_examples", "synthetic_test_examples",
                 "mqar_train_examples", "mqar_test_examples", "lm_tokens", "lm_seq_len", "lm_eval_blocks",
                 "listops_steps"):

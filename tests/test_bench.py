@@ -753,11 +753,13 @@ def test_seed_table_keeps_runs_on_other_sets_in_rows_of_their_own(tmp_path):
         return str(tmp_path / name)
 
     text = seed_table.main([quality_run("a.json", data_seed=0), quality_run("b.json", data_seed=2),
-                            quality_run("c.json", data_seed=None, data="sets.pt: safari's own")])
+                            quality_run("c.json", data_seed=None, data="sets.pt: safari's own"),
+                            quality_run("d.json", data_seed=0, recipe={"order_seed_offset": 1000})])
     per_seed_table = text.split("\n\n")[1]  # after the task's name; the comparison of the rows follows
     rows = [line.split(" | ")[0] for line in per_seed_table.splitlines() if line.startswith("| this project")]
     assert rows == ["| this project (`h3:pure`, quality.py)", "| this project (`h3:pure`, quality.py, data seed 2)",
-                    "| this project (`h3:pure`, quality.py, sets: safari's own)"]
+                    "| this project (`h3:pure`, quality.py, sets: safari's own)",
+                    "| this project (`h3:pure`, quality.py, batch order from seed + 1000)"]
 
 
 def test_fisher_exact_test_gives_the_lady_tasting_tea_its_textbook_p():

@@ -6,10 +6,11 @@
 
 Each path is a run's output folder or its JSON: ``summary.json`` of safari_train.py (safari's own code) or
 ``quality.json`` of quality.py (every model and seed of its synthetic section). Runs of the same task by the same
-code, model and sets make one row: the test accuracy after the last epoch of each seed, their mean and sample standard
-deviation, the best epoch's accuracy of each seed and the first epoch (counted from 1) at which each seed's accuracy
-reaches each of ``--thresholds``. One table per task, printed as markdown. ``--rename OLD=NEW`` counts runs that
-quality.py recorded under model name OLD as NEW's (for runs made before a model had its name).
+code, model, sets and batch-order seeding (``--order_seed_offset``) make one row: the test accuracy after the last
+epoch of each seed, their mean and sample standard deviation, the best epoch's accuracy of each seed and the first
+epoch (counted from 1) at which each seed's accuracy reaches each of ``--thresholds``. One table per task, printed
+as markdown. ``--rename OLD=NEW`` counts runs that quality.py recorded under model name OLD as NEW's (for runs made
+before a model had its name).
 
 Where a task has several rows, a second table sets each against the first: the mean of each seed's best epoch, the
 seeds whose last epoch reaches ``--goal``, the difference of the last-epoch means with its standard error (Welch's:
@@ -80,10 +81,13 @@ def read_runs(path: Path, renamed: dict[str, str] | None = None) -> list[SeedRun
 
 
 def _data_note(setting: dict) -> str:
-    """Where the sets of a quality.py run came from, when not from the default data seed."""
+    """Where the sets of a quality.py run came from, when not from the default data seed, and its batch order's
+    seed offset, when not 0."""
+    offset = setting.get("recipe", {}).get("order_seed_offset", 0)
+    order = f", batch order from seed + {offset}" if offset else ""
     if setting.get("data_seed", 0) is None:  # --synthetic_data_file
-        return f", sets: {setting['data'].partition(': ')[2]}"
-    return f", data seed {setting['data_seed']}" if setting.get("data_seed", 0) else ""
+        return f", sets: {setting['data'].partition(': ')[2]}{order}"
+    return (f", data seed {setting['data_seed']}" if setting.get("data_seed", 0) else "") + order
 
 
 def _seed_list(seeds: list[int]) -> str:

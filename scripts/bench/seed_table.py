@@ -105,8 +105,8 @@ def fisher_exact_two_sided(table: tuple[tuple[int, int], tuple[int, int]]) -> fl
         return math.comb(row, k) * math.comb(total - row, column - k) / math.comb(total, column)
 
     observed = probability(a)
-    tables = range(max(0, column + row - total), min(row, column) + 1)
-    return min(1.0, sum(p for p in map(probability, tables) if p <= observed * (1 + 1e-7)))
+    corners = range(max(0, column + row - total), min(row, column) + 1)  # the top-left counts the margins allow
+    return min(1.0, sum(p for p in map(probability, corners) if p <= observed * (1 + 1e-7)))
 
 
 def rank_sum_two_sided(first: list[float], second: list[float]) -> float:

@@ -434,7 +434,8 @@ def train(args: argparse.Namespace, run: PretrainingRun) -> int:
                      **steps_done.as_metadata()}
     save_final_model(accelerator, model, run.tokenizer, args.output_dir, training_args, eval_results,
                      model_id=args.hub_model_id)
-    accelerator.end_training()
+    del model
+    end_training(accelerator, run)
     accelerator.print(f"validation loss {eval_loss:.4f}, perplexity {perplexity(eval_loss):.2f}; "
                       f"model saved to {args.output_dir}")
     if args.push_to_hub and accelerator.is_main_process:
@@ -445,6 +446,20 @@ def train(args: argparse.Namespace, run: PretrainingRun) -> int:
                   file=sys.stderr)
             return 1
     return 0
+
+
+def end_training(accelerator: Accelerator, run: PretrainingRun) -> None:
+    """Let go of the prepared model, then end the trackers and the process group (`Accelerator.end_training`).
+
+    The order matters with several processes. DDP's reducer holds a reference to the process group, and when the
+    reducer drops the last one, gloo's destructor joins its worker threads with the GIL held; a worker still freeing a
+    finished collective's tensors waits for the GIL, and the process never exits (now and then, at the end of a
+    two-CPU-rank run). Freed first, the reducer leaves the last reference to torch's Python handle, whose destructor
+    releases the GIL before it joins. The caller must drop its own references to the model before the call.
+    """
+    run.model = None
+    accelerator.free_memory()  # the accelerator's own list of prepared models; collects reference cycles
+    accelerator.end_training()
 
 
 def main(argv: list[str] | None = None) -> int:

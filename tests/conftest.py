@@ -1,10 +1,13 @@
-"""Shared helpers: tiny configs (hidden 32, 2 layers, vocab 99) and subprocess environments."""
+"""Shared helpers: tiny configs (hidden 32, 2 layers, vocab 99), subprocess environments, runs that report a hang."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 
+import psutil
 import pytest
 import torch
 
@@ -27,3 +30,30 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def run_process_tree(command: list[str], timeout: float, **popen_kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run(command, capture_output=True, text=True)` for a command that starts processes of its own
+    (`accelerate launch`). If it has not exited after `timeout` seconds, every process of its tree prints the stacks of
+    its threads (faulthandler, on SIGABRT) before it is killed, and the test fails showing them: a hang names where it
+    hangs, and no rank is left running."""
+    env = {**popen_kwargs.pop("env", os.environ), "PYTHONFAULTHANDLER": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               **popen_kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        launcher = psutil.Process(process.pid)
+        tree = [launcher, *launcher.children(recursive=True)]
+        for member in tree:
+            try:
+                member.send_signal(signal.SIGABRT)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for member in alive:
+            member.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command)} did not exit within {timeout} s; the last of its output, with the stacks "
+                    f"of its {len(tree)} processes:\n{stdout[-2000:]}\n{stderr[-12000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

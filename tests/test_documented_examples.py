@@ -19,7 +19,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import PYTHON, subprocess_env
+from tests.conftest import PYTHON, run_process_tree, subprocess_env
 from tests.script_helpers import REPO_ROOT, SCRIPTS, load_script
 
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted(SCRIPTS.glob("*.py"))]
@@ -88,7 +88,7 @@ def run(command: str, cwd) -> subprocess.CompletedProcess:
     elif words[:2] == ["accelerate", "launch"]:
         words = [PYTHON, "-m", "accelerate.commands.launch", *words[2:]]
     words += shlex.split(SHRINK[script_of(command)])
-    return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return run_process_tree(words, timeout=900, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")

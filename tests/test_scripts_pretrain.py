@@ -12,20 +12,24 @@ import os
 import signal
 import subprocess
 import time
+import weakref
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
+from accelerate import Accelerator
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from hamiltonian_transformer import PRESETS, hub
-from tests.conftest import PYTHON, subprocess_env
+from tests.conftest import PYTHON, run_process_tree, subprocess_env
 from tests.script_helpers import (  # noqa: F401  (in_process_run is a fixture)
     MODEL_TYPES,
     SCRIPTS,
@@ -76,8 +80,7 @@ def test_two_cpu_ranks_train_together_and_save_a_folder_that_loads(tmp_path, cac
     launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     argv = tiny_args(output_dir, cache_dir, max_steps=8, checkpointing_steps=4)
-    result = subprocess.run([*launch, str(SCRIPTS / "pretrain.py"), *argv], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = run_process_tree([*launch, str(SCRIPTS / "pretrain.py"), *argv], timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
 
     losses, final = read_log(output_dir)
@@ -97,6 +100,50 @@ def test_two_cpu_ranks_train_together_and_save_a_folder_that_loads(tmp_path, cac
     assert (output_dir / "generation_config.json").is_file()
     ids = tokenizer("def main(", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_a_launch_that_hangs_fails_showing_each_process_stack_and_leaves_none_running():
+    # A parent that starts a child in a session of its own (as torch's launcher starts ranks), and both sleep.
+    child = "import time; time.sleep(600)"
+    parent = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}], "
+              "start_new_session=True); print(p.pid, flush=True); time.sleep(600)")
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_process_tree([PYTHON, "-c", parent], timeout=5)
+    message = str(failure.value)
+    assert "did not exit within 5 s" in message and "of its 2 processes" in message
+    # faulthandler's report from each process: where its main thread was (`-c` code is "<string>", line 1)
+    assert message.count("Fatal Python error: Aborted") == 2
+    assert message.count('File "<string>", line 1 in <module>') == 2
+    child_pid = int(message.split("processes:\n")[1].split()[0])
+    assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.usefixtures("in_process_run")
+def test_the_ddp_model_is_freed_before_the_process_group_is_destroyed(monkeypatch):
+    # The other order deadlocks now and then at exit (end_training's docstring): gloo's destructor, run from DDP's
+    # reducer with the GIL held, joins a worker that waits for the GIL. Checked here on a one-process gloo group.
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        accelerator = Accelerator(cpu=True)
+        ddp = accelerator.prepare_model(DistributedDataParallel(torch.nn.Linear(2, 2)))
+        ddp_alive = weakref.ref(ddp)
+        run = pretrain.PretrainingRun(accelerator=accelerator, tokenizer=None, model=ddp, optimizer=None,
+                                      scheduler=None, train_loader=None, eval_loader=None, max_steps=1, resume_dir=None)
+        del ddp
+        freed_when_destroyed = []
+        destroy = torch.distributed.destroy_process_group
+
+        def recording_destroy(group=None):
+            freed_when_destroyed.append(ddp_alive() is None)
+            destroy(group)
+
+        monkeypatch.setattr(torch.distributed, "destroy_process_group", recording_destroy)
+        pretrain.end_training(accelerator, run)
+        assert freed_when_destroyed == [True]
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

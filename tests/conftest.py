@@ -53,7 +53,10 @@ def run_process_tree(command: list[str], timeout: float, **popen_kwargs) -> subp
         _, alive = psutil.wait_procs(tree, timeout=10)
         for member in alive:
             member.kill()
-        stdout, stderr = process.communicate()
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # a process that left the tree (its parent died) still holds the pipes
+            stdout, stderr = "", "(no output: the pipes stayed open after the tree was killed)"
         pytest.fail(f"{' '.join(command)} did not exit within {timeout} s; the last of its output, with the stacks "
                     f"of its {len(tree)} processes:\n{stdout[-2000:]}\n{stderr[-12000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -137,7 +137,7 @@ def test_readme_tables_over_seeds_are_what_seed_table_prints_from_the_recorded_r
     words = shlex.split(command)
     arguments = []
     for word in words[words.index(next(w for w in words if w.endswith(".py"))) + 1:]:
-        if "*" in word:
+        if any(wildcard in word for wildcard in "*?["):
             matches = sorted(REPO_ROOT.glob(word))
             assert matches, f"{word} matches no recorded run"
             arguments += map(str, matches)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -44,15 +45,24 @@ def run_process_tree(command: list[str], timeout: float, **popen_kwargs) -> subp
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         launcher = psutil.Process(process.pid)
-        tree = [launcher, *launcher.children(recursive=True)]
-        for member in tree:
+        descendants = launcher.children(recursive=True)
+        tree = [launcher, *descendants]
+        # One process at a time, so that their reports do not interleave on the shared stderr; the launcher is
+        # stopped meanwhile, so that it cannot take the others down (torch's launcher ends the rest when one fails).
+        launcher.suspend()
+        for member in [*reversed(descendants), launcher]:
             try:
                 member.send_signal(signal.SIGABRT)
+                if member is launcher:
+                    member.resume()
+                _wait_until_dead(member, timeout=10)
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(tree, timeout=10)
-        for member in alive:
-            member.kill()
+        for member in tree:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
         try:
             stdout, stderr = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:  # a process that left the tree (its parent died) still holds the pipes
@@ -60,3 +70,15 @@ def run_process_tree(command: list[str], timeout: float, **popen_kwargs) -> subp
         pytest.fail(f"{' '.join(command)} did not exit within {timeout} s; the last of its output, with the stacks "
                     f"of its {len(tree)} processes:\n{stdout[-2000:]}\n{stderr[-12000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _wait_until_dead(member: psutil.Process, timeout: float) -> None:
+    """Until `member` has exited (a zombie counts: its parent, stopped, cannot reap it) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if member.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)

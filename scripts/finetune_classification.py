@@ -3,6 +3,11 @@
     python scripts/finetune_classification.py --model_name_or_path outputs/main_job/hamiltonian_transformer \
         --output_dir outputs/listops-finetuned
     python scripts/finetune_classification.py --model_type h3 --preset tiny --output_dir outputs/listops-h3
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/finetune_classification.py \
+        --preset tiny --output_dir outputs/listops-ddp
+
+(the last on two CPU ranks: every step takes --per_device_train_batch_size sequences on each process; the main
+process prints, writes the final folder and uploads it).
 
 The model is a pretrained checkpoint (--model_name_or_path: its causal-LM weights load into
 `AutoModelForSequenceClassification`, whose score head starts fresh) or a new model of --model_type/--preset.
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 # them; transformers' TrainingArguments, which the parser is built from, needs torch).
 if TYPE_CHECKING:
     import datasets
-    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 LISTOPS = "listops"
 
@@ -224,8 +229,10 @@ def setup(model_args: ModelArguments, data_args: DataArguments, training_args: T
                                         model_args.vocab_size)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": label2id,
-              "pad_token_id": tokenizer.pad_token_id}
+    # The tokenizer's special tokens go into the config (those it defines, as Trainer would align them, with a warning).
+    special_tokens = {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")
+                      if getattr(tokenizer, name) is not None}
+    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": label2id, **special_tokens}
     if pretrained:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path,
                                             trust_remote_code=model_args.trust_remote_code)
@@ -309,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"finetune_classification.py: error: {err}", file=sys.stderr)
         return 1
+    main_process = training_args.process_index == 0  # prints and the upload: once, not once per process
     resume = training_args.resume_from_checkpoint
     if resume == "latest":
         resume = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
-        print(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting from scratch")
+        if main_process:
+            print(f"resuming from {resume}" if resume else "no checkpoint to resume from; starting from scratch")
     trainer = ParameterGroupTrainer(
         model=run.model, args=training_args, train_dataset=run.data["train"],
         eval_dataset=run.data["validation"], processing_class=run.tokenizer,
@@ -334,11 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     stopped = time_limit is not None and time_limit.stopped_at_step is not None
     steps_done = RunProgress(trainer.state.global_step, trainer.state.max_steps,
                              f"--max_train_minutes {model_args.max_train_minutes} reached" if stopped else None)
-    if steps_done.cut_short:
+    if steps_done.cut_short and main_process:
         print(f"stopped at step {steps_done.steps} of {steps_done.max_steps}: {steps_done.stop_reason}")
-    run_args = {**training_args.to_dict(), **asdict(model_args), **asdict(data_args), **steps_done.as_metadata()}
+    run_args = {**training_args.to_dict(), **asdict(model_args), **asdict(data_args), **steps_done.as_metadata(),
+                "num_processes": trainer.accelerator.num_processes}
     save_final_model(trainer.accelerator, trainer.model_wrapped, run.tokenizer, training_args.output_dir, run_args,
                      eval_results, model_id=training_args.hub_model_id)
+    end_training(trainer)
+    if not main_process:
+        return 0
     print(f"validation accuracy {metrics['eval_accuracy']:.4f} (majority class {run.majority:.4f}), "
           f"macro F1 {metrics['eval_f1']:.4f}; model saved to {training_args.output_dir}")
     if push:
@@ -348,6 +361,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"finetune_classification.py: error: upload failed: {err}", file=sys.stderr)
             return 1
     return 0
+
+
+def end_training(trainer: Trainer) -> None:
+    """Let go of the wrapped (DDP) model, then end the process group (`Trainer.end`), after the last collective.
+
+    In that order for the reason pretrain.py's `end_training` gives: freed after the group, DDP's reducer drops the
+    last reference to it, and gloo's destructor, run with the GIL held, can wait forever for a worker thread that waits
+    for the GIL. The upload, which needs no other process, may follow.
+    """
+    trainer.model_wrapped = trainer.model
+    trainer.accelerator.free_memory()  # the accelerator's own list of prepared models; collects reference cycles
+    trainer.end()
 
 
 if __name__ == "__main__":

@@ -1,18 +1,32 @@
 """scripts/finetune_classification.py: ListOps above the majority class, fine-tuning a causal-LM checkpoint, own data,
-and refusals. Runs `main(argv)` in the test process."""
+refusals, and two CPU ranks. Runs `main(argv)` in the test process, except the two-rank launch."""
 
 from __future__ import annotations
 
 import csv
 import json
+import weakref
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from torch.nn.parallel import DistributedDataParallel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+)
 
+from hamiltonian_transformer import PRESETS
+from hamiltonian_transformer.data import listops_tokenizer, make_listops_splits
+from tests.conftest import PYTHON, run_process_tree, subprocess_env
+from tests.hub_server import HubServer
 from tests.script_helpers import (  # noqa: F401  (in_process_run is a fixture)
     MODEL_TYPES,
+    SCRIPTS,
+    free_port,
     in_process_run,
     load_script,
     save_tiny_causal_lm,
@@ -139,3 +153,62 @@ def test_refuses_bad_setups_with_one_readable_line(tmp_path, capsys, case, messa
     assert "Traceback" not in err
     last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("finetune_classification.py: error: ") and message in last_line
+
+
+def test_a_new_models_config_carries_the_tokenizers_special_tokens(tmp_path):
+    # Otherwise Trainer aligns them itself at the start of training, with a warning.
+    model_args, data_args, training_args = finetune.parse_args(argv(tmp_path / "out", preset="tiny"))
+    run = finetune.setup(model_args, data_args, training_args)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(run.model.config, name) == getattr(run.tokenizer, name), name
+    assert run.tokenizer.eos_token_id is not None
+
+
+def test_the_ddp_model_is_freed_before_the_trainer_ends_the_process_group(tmp_path):
+    # The other order can deadlock at exit: pretrain.py's end_training says why (tests/test_scripts_pretrain.py checks
+    # it there). Checked on a one-process gloo group, with Trainer holding a DDP model as it does on several processes.
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        config = AutoConfig.for_model("h3", **{**PRESETS["h3"]["tiny"], "vocab_size": 64, "num_labels": 2})
+        trainer = Trainer(model=AutoModelForSequenceClassification.from_config(config),
+                          args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+        ddp = trainer.accelerator.prepare_model(DistributedDataParallel(trainer.model))
+        trainer.model_wrapped, ddp_alive = ddp, weakref.ref(ddp)
+        del ddp
+        freed_when_ended = []
+        trainer.end = lambda: freed_when_ended.append(ddp_alive() is None)
+        finetune.end_training(trainer)
+        assert freed_when_ended == [True]
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_cpu_ranks_train_together_print_once_and_push_once(tmp_path):
+    output_dir, token = tmp_path / "ddp", "hf_alice_test_token"
+    env = subprocess_env(ACCELERATE_USE_CPU="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
+                         HF_HOME=str(tmp_path / "hf_home"))
+    env = {key: value for key, value in env.items() if key != "HF_HUB_OFFLINE"}
+    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    # 64 training sequences, 4 steps of 4 per rank: with both ranks each step takes 8, and training ends at epoch 0.5.
+    flags = argv(output_dir, preset="tiny", max_steps=4, per_device_train_batch_size=4, listops_train_size=64,
+                 listops_validation_size=16, listops_test_size=0, report_to="none", push_to_hub=True,
+                 hub_model_id="alice/listops-ddp")
+    with HubServer(tokens={token: "alice"}) as hub:
+        env |= {"HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        result = run_process_tree([*launch, str(SCRIPTS / "finetune_classification.py"), *flags], timeout=300,
+                                  env=env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        # One upload, from the main process: a second rank's would add a commit (or race the first).
+        assert len(hub.commit_messages("alice/listops-ddp")) == 2  # the repository's initial commit, then ours
+        assert "model.safetensors" in hub.files("alice/listops-ddp")
+
+    assert result.stdout.count("validation accuracy") == 1
+    assert "PAD/BOS/EOS" not in result.stderr
+    recorded = json.loads((output_dir / "training_args.json").read_text())
+    assert (recorded["num_processes"], recorded["steps"]) == (2, 4)
+    train_split = make_listops_splits(64, 16, 0, min_length=10, max_length=60, seed=0)["train"]
+    tokens = sum(len(ids) for ids in listops_tokenizer()(list(train_split["text"]))["input_ids"])
+    assert json.loads((output_dir / "eval_results.json").read_text())["train_tokens"] == round(tokens * 0.5)
+    assert AutoModelForSequenceClassification.from_pretrained(output_dir).config.num_labels == 10

@@ -229,7 +229,7 @@ def setup(model_args: ModelArguments, data_args: DataArguments, training_args: T
                                         model_args.vocab_size)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # The tokenizer's special tokens go into the config (those it defines, as Trainer would align them, with a warning).
+    # The config takes the special tokens the tokenizer defines; left out, Trainer would align them itself, warning.
     special_tokens = {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")
                       if getattr(tokenizer, name) is not None}
     labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": label2id, **special_tokens}

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from hamiltonian_transformer import PRESETS
 from hamiltonian_transformer.data import train_bpe_tokenizer
+from tests.conftest import PYTHON, subprocess_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
@@ -68,3 +69,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def two_cpu_ranks(hf_home: Path) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` prefix that starts a script on two gloo ranks on the CPU, and its environment
+    (Accelerate's `--cpu --num_processes 2` would start one process)."""
+    env = subprocess_env(ACCELERATE_USE_CPU="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
+                         HF_HOME=str(hf_home))
+    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    return launch, env

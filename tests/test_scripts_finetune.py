@@ -21,15 +21,15 @@ from transformers import (
 
 from hamiltonian_transformer import PRESETS
 from hamiltonian_transformer.data import listops_tokenizer, make_listops_splits
-from tests.conftest import PYTHON, run_process_tree, subprocess_env
+from tests.conftest import run_process_tree
 from tests.hub_server import HubServer
 from tests.script_helpers import (  # noqa: F401  (in_process_run is a fixture)
     MODEL_TYPES,
     SCRIPTS,
-    free_port,
     in_process_run,
     load_script,
     save_tiny_causal_lm,
+    two_cpu_ranks,
 )
 
 finetune = load_script("finetune_classification")
@@ -185,11 +185,8 @@ def test_the_ddp_model_is_freed_before_the_trainer_ends_the_process_group(tmp_pa
 
 def test_two_cpu_ranks_train_together_print_once_and_push_once(tmp_path):
     output_dir, token = tmp_path / "ddp", "hf_alice_test_token"
-    env = subprocess_env(ACCELERATE_USE_CPU="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
-                         HF_HOME=str(tmp_path / "hf_home"))
+    launch, env = two_cpu_ranks(tmp_path / "hf_home")
     env = {key: value for key, value in env.items() if key != "HF_HUB_OFFLINE"}
-    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     # 64 training sequences, 4 steps of 4 per rank: with both ranks each step takes 8, and training ends at epoch 0.5.
     flags = argv(output_dir, preset="tiny", max_steps=4, per_device_train_batch_size=4, listops_train_size=64,
                  listops_validation_size=16, listops_test_size=0, report_to="none", push_to_hub=True,

@@ -33,10 +33,10 @@ from tests.conftest import PYTHON, run_process_tree, subprocess_env
 from tests.script_helpers import (  # noqa: F401  (in_process_run is a fixture)
     MODEL_TYPES,
     SCRIPTS,
-    free_port,
     in_process_run,
     load_script,
     reset_accelerate_state,
+    two_cpu_ranks,
 )
 
 pretrain = load_script("pretrain")
@@ -75,10 +75,7 @@ def read_log(output_dir: Path) -> tuple[list[float], dict]:
 
 def test_two_cpu_ranks_train_together_and_save_a_folder_that_loads(tmp_path, cache_dir):
     output_dir = tmp_path / "ddp"
-    env = subprocess_env(ACCELERATE_USE_CPU="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1",
-                         HF_HOME=str(tmp_path / "hf_home"))
-    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    launch, env = two_cpu_ranks(tmp_path / "hf_home")
     argv = tiny_args(output_dir, cache_dir, max_steps=8, checkpointing_steps=4)
     result = run_process_tree([*launch, str(SCRIPTS / "pretrain.py"), *argv], timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -11,13 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
 from hamiltonian_transformer import PRESETS
 from hamiltonian_transformer.data import listops_tokenizer, make_listops_splits

@@ -13,9 +13,10 @@ from .ssm import DISCRETIZATIONS, SSM_INITS
 
 class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
     r"""
-    Configuration of an [`H3Model`]: pre-norm blocks of (H3 mixer or attention) + MLP. The layers listed in
-    `attn_layer_idx` are the family's attention (`EnergyAttention`, rotary positions, lambda = 0 by default, so plain
-    causal attention; set `energy_lambda` > 0 to make them energy attention); all others are H3 layers.
+    Configuration of an [`H3Model`]: pre-norm blocks of (H3 mixer or attention) + MLP (or the mixer alone, with
+    `intermediate_size=0`). The layers listed in `attn_layer_idx` are the family's attention (`EnergyAttention`, rotary
+    positions, lambda = 0 by default, so plain causal attention; set `energy_lambda` > 0 to make them energy
+    attention); all others are H3 layers.
 
     Every field is checked when the config is built and again by `validate()`, which the models run when they are
     built: a value changed afterwards (`config.attn_layer_idx = [7]` in a 2-layer model) is refused there with a
@@ -28,7 +29,8 @@ class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
         hidden_size (`int`): Model width (the paper's `d_model`).
         num_hidden_layers (`int`): Number of blocks (the paper's `n_layer`).
         num_attention_heads (`int`): Heads of the attention layers.
-        intermediate_size (`int` or `None`): MLP width; None means `mlp_ratio * hidden_size`.
+        intermediate_size (`int` or `None`): MLP width; None means `mlp_ratio * hidden_size`; 0 leaves the MLP out
+            of every block (the mixer alone, as in Zoology's MQAR models).
         mlp_ratio (`int`): MLP width multiple used when `intermediate_size` is None (4 in the paper).
         hidden_act (`str`): MLP activation (GELU in the paper).
         max_position_embeddings (`int`): Longest sequence the model accepts (past + new tokens).
@@ -112,9 +114,10 @@ class H3Config(PresetMixin, EnergySettings, ValidatedConfig, PreTrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     def _check_and_derive(self) -> None:
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "max_position_embeddings", "d_state", "shift_kernel_size", "head_dim", "mlp_ratio"):
             check_int(field, getattr(self, field), minimum=1)
+        check_int("intermediate_size", self.intermediate_size, minimum=0)
         if self.d_state % 2:
             raise ValueError(f"`d_state`={self.d_state} must be even (d_state / 2 complex modes).")
         check_divides("hidden_size", self.hidden_size, "head_dim", self.head_dim)

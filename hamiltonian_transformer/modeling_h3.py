@@ -209,7 +209,7 @@ class H3Mixer(nn.Module):
 
 
 class H3Block(GradientCheckpointingLayer):
-    """Pre-norm residual block: mixer (H3 or attention) then MLP."""
+    """Pre-norm residual block: mixer (H3 or attention) then MLP (none when `intermediate_size` is 0)."""
 
     def __init__(self, config: H3Config, layer_idx: int):
         super().__init__()
@@ -241,8 +241,10 @@ class H3Block(GradientCheckpointingLayer):
                 dt_max=config.dt_max,
                 discretization=config.discretization,
             )
-        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.mlp_norm = self.mlp = None
+        if config.intermediate_size:
+            self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(
@@ -265,7 +267,8 @@ class H3Block(GradientCheckpointingLayer):
         else:
             mixed, weights = self.h3(x, attention_mask, cache), None
         hidden_states = hidden_states + self.dropout(mixed)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+        if self.mlp is not None:
+            hidden_states = hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
         return hidden_states, weights
 
     def attend(

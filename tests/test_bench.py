@@ -63,6 +63,17 @@ def test_h3_variants_set_attention_layers_and_shift_length():
     assert comparators.model_config("h3:pure:shift_b", shape)[1].hidden_act == "gelu"
 
 
+def test_zoology_h3_is_the_three_ablations_with_the_state_as_long_as_the_sequence():
+    shape = comparators.ModelShape.from_preset("tiny", max_length=31)
+    plain = comparators.model_config("h3:pure", shape)[1]
+    assert (plain.intermediate_size, plain.head_dim, plain.d_state) == (64, 1, 64)
+    assert comparators.model_config("h3:pure:no_mlp", shape)[1].intermediate_size == 0
+    assert comparators.model_config("h3:pure:head2", shape)[1].head_dim == 2
+    zoology = comparators.model_config("h3:pure:zoology", shape)[1]
+    assert zoology.attn_layer_idx == [] and zoology.shift_trainable_b
+    assert (zoology.intermediate_size, zoology.head_dim, zoology.d_state, zoology.shift_kernel_size) == (0, 2, 32, 32)
+
+
 def test_safari_init_redraws_only_the_mlp_output_with_the_rescaled_std():
     plain, safari = _tiny_model("h3:pure:shift_b"), _tiny_model("h3:pure:shift_b:safari_init")
     for plain_layer, safari_layer in zip(plain.model.layers, safari.model.layers, strict=True):

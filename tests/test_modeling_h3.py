@@ -19,6 +19,7 @@ VARIANTS = {
     "pure": dict(attn_layer_idx=[]),
     "multihead_legs_zoh": dict(head_dim=2, ssm_init="legs", discretization="zoh", attn_layer_idx=[0]),
     "pure_trainable_shift_b": dict(attn_layer_idx=[], shift_trainable_b=True),
+    "hybrid_without_mlp": dict(intermediate_size=0),
 }
 
 
@@ -111,6 +112,25 @@ def test_save_load_and_trust_remote_code_give_identical_logits(tmp_path):
     assert "remote code ok transformers_modules" in result.stdout
 
 
+def test_intermediate_size_0_leaves_the_mlp_out_and_survives_a_round_trip(tmp_path):
+    model = tiny_h3(intermediate_size=0)
+    with_mlp = tiny_h3()
+    names = {name for name, _ in model.named_parameters()}
+    assert names == {name for name, _ in with_mlp.named_parameters() if ".mlp" not in name}
+    # The block is the mixer's residual alone: the same weights without the MLP give the same logits as a model whose
+    # MLP outputs 0.
+    model.load_state_dict({k: v for k, v in with_mlp.state_dict().items() if ".mlp" not in k})
+    for layer in with_mlp.model.layers:
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.bias)
+    ids = torch.randint(1, 99, (2, 12))
+    torch.testing.assert_close(model(ids).logits, with_mlp(ids).logits)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.intermediate_size == 0
+    assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
 def test_trainer_lowers_classification_loss_with_gradient_checkpointing(tmp_path):
     ids = torch.randint(1, 99, (64, 8))
     labels = (ids[:, 0] > 49).long()
@@ -148,6 +168,7 @@ def test_gradient_checkpointing_gives_same_gradients():
     (dict(discretization="euler"), "discretization"),
     (dict(dt_min=0.1, dt_max=0.01), "dt_max"),
     (dict(shift_trainable_b=1), "`shift_trainable_b`=1 must be True or False"),
+    (dict(intermediate_size=-1), "`intermediate_size`=-1"),
 ])
 def test_invalid_config_values_raise_naming_the_field(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -2,13 +2,16 @@
 
 Names (``build_model(name, shape)``):
     hamiltonian:<integrator>[:reversible]   Hamiltonian Transformer, integrator euler / symplectic_euler / leapfrog
-    h3[:pure][:no_shift | :shift_b][:safari_init]
+    h3[:pure][:no_shift | :shift_b][:safari_init], h3:pure:no_mlp, h3:pure:head2, h3:pure:zoology
                                             H3: hybrid by default (attention in layer 1, the second; H3 elsewhere),
                                             `pure` without attention layers, `no_shift` with a one-tap shift SSM
                                             (a per-channel scale, so no shift: the S4D-like ablation of the paper),
                                             `shift_b` with the shift SSM's B trained too, as the H3 code does,
                                             `safari_init` with the H3 code's MLP: tanh GELU, and its output matrix
-                                            drawn with std initializer_range / sqrt(2 layers) (GPT-2's rescaling)
+                                            drawn with std initializer_range / sqrt(2 layers) (GPT-2's rescaling),
+                                            `no_mlp` without the blocks' MLPs, `head2` with H3 heads of size 2,
+                                            `zoology` Zoology's MQAR H3: all three of `shift_b`, `no_mlp` and
+                                            `head2`, and state size = the longest sequence (made even)
     llama                                   transformers' LlamaForCausalLM, SDPA attention
     mamba                                   transformers' MambaForCausalLM (its CUDA kernels are not used on CPU)
 
@@ -42,7 +45,8 @@ HAMILTONIAN_MODELS = tuple(f"hamiltonian:{name}" for name in INTEGRATORS) + (
     "hamiltonian:symplectic_euler:reversible",
     "hamiltonian:leapfrog:reversible",
 )
-H3_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "h3:pure:shift_b", "h3:pure:shift_b:safari_init")
+H3_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "h3:pure:shift_b", "h3:pure:shift_b:safari_init",
+             "h3:pure:no_mlp", "h3:pure:head2", "h3:pure:zoology")
 MODEL_NAMES = HAMILTONIAN_MODELS + H3_MODELS + ("llama", "mamba")
 
 
@@ -98,11 +102,18 @@ def _h3_config(shape: ModelShape, variants: list[str], **overrides: Any):
     extra: dict[str, Any] = {"attn_layer_idx": [] if "pure" in variants else [min(1, shape.num_layers - 1)]}
     if "no_shift" in variants:
         extra["shift_kernel_size"] = 1
+    if "zoology" in variants:  # zoology/experiments/paper_configs/iclr24_zoology_figure2/configs.py
+        variants = [*variants, "shift_b", "no_mlp", "head2"]
+        extra["d_state"] = shape.max_length + shape.max_length % 2
     if "shift_b" in variants:
         extra["shift_trainable_b"] = True
+    if "no_mlp" in variants:
+        extra["intermediate_size"] = 0
+    if "head2" in variants:
+        extra["head_dim"] = 2
     if "safari_init" in variants:
         extra["hidden_act"] = "gelu_pytorch_tanh"  # safari's Mlp: F.gelu(approximate="tanh")
-    return H3Config(**_family_fields(shape), **{**extra, **overrides})
+    return H3Config(**{**_family_fields(shape), **extra, **overrides})
 
 
 def _llama_config(shape: ModelShape, intermediate_size: int) -> LlamaConfig:

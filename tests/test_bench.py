@@ -69,6 +69,10 @@ def test_zoology_h3_is_the_three_ablations_with_the_state_as_long_as_the_sequenc
     assert (plain.intermediate_size, plain.head_dim, plain.d_state) == (64, 1, 64)
     assert comparators.model_config("h3:pure:no_mlp", shape)[1].intermediate_size == 0
     assert comparators.model_config("h3:pure:head2", shape)[1].head_dim == 2
+    shift_b = comparators.model_config("h3:pure:shift_b:no_mlp", shape)[1]
+    assert (shift_b.shift_trainable_b, shift_b.intermediate_size, shift_b.head_dim) == (True, 0, 1)
+    head2 = comparators.model_config("h3:pure:no_mlp:head2", shape)[1]
+    assert (head2.shift_trainable_b, head2.intermediate_size, head2.head_dim) == (False, 0, 2)
     zoology = comparators.model_config("h3:pure:zoology", shape)[1]
     assert zoology.attn_layer_idx == [] and zoology.shift_trainable_b
     assert (zoology.intermediate_size, zoology.head_dim, zoology.d_state, zoology.shift_kernel_size) == (0, 2, 32, 32)

@@ -2,7 +2,8 @@
 
 Names (``build_model(name, shape)``):
     hamiltonian:<integrator>[:reversible]   Hamiltonian Transformer, integrator euler / symplectic_euler / leapfrog
-    h3[:pure][:no_shift | :shift_b][:safari_init], h3:pure:no_mlp, h3:pure:head2, h3:pure:zoology
+    h3[:pure][:no_shift | :shift_b][:safari_init], h3:pure:no_mlp, h3:pure:head2, h3:pure:zoology,
+    h3:pure:shift_b:no_mlp, h3:pure:no_mlp:head2
                                             H3: hybrid by default (attention in layer 1, the second; H3 elsewhere),
                                             `pure` without attention layers, `no_shift` with a one-tap shift SSM
                                             (a per-channel scale, so no shift: the S4D-like ablation of the paper),
@@ -11,7 +12,8 @@ Names (``build_model(name, shape)``):
                                             drawn with std initializer_range / sqrt(2 layers) (GPT-2's rescaling),
                                             `no_mlp` without the blocks' MLPs, `head2` with H3 heads of size 2,
                                             `zoology` Zoology's MQAR H3: all three of `shift_b`, `no_mlp` and
-                                            `head2`, and state size = the longest sequence (made even)
+                                            `head2`, and state size = the longest sequence (made even); the two
+                                            pairs with `no_mlp` tell `shift_b` and `head2` apart
     llama                                   transformers' LlamaForCausalLM, SDPA attention
     mamba                                   transformers' MambaForCausalLM (its CUDA kernels are not used on CPU)
 
@@ -46,7 +48,7 @@ HAMILTONIAN_MODELS = tuple(f"hamiltonian:{name}" for name in INTEGRATORS) + (
     "hamiltonian:leapfrog:reversible",
 )
 H3_MODELS = ("h3", "h3:pure", "h3:no_shift", "h3:pure:no_shift", "h3:pure:shift_b", "h3:pure:shift_b:safari_init",
-             "h3:pure:no_mlp", "h3:pure:head2", "h3:pure:zoology")
+             "h3:pure:no_mlp", "h3:pure:shift_b:no_mlp", "h3:pure:no_mlp:head2", "h3:pure:head2", "h3:pure:zoology")
 MODEL_NAMES = HAMILTONIAN_MODELS + H3_MODELS + ("llama", "mamba")
 
 

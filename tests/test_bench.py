@@ -469,7 +469,7 @@ def test_fixed_set_training_drops_embeddings_only_while_training_and_removes_its
 def test_recall_models_build_each_model_with_the_recipe_attention_dropout(monkeypatch):
     built = []
 
-    def record(model, train_set, test_set, recipe, lr, seed):
+    def record(model, train_set, test_set, recipe, lr, seed, on_epoch):
         built.append(model.config.attention_dropout)
         return {"accuracy": 0.5, "best_accuracy": 0.5, "seconds_per_step": 0.1}
 
@@ -479,6 +479,24 @@ def test_recall_models_build_each_model_with_the_recipe_attention_dropout(monkey
     recipe = _tiny_recipe(attention_dropout=0.25)
     quality.recall_models(["llama", "h3"], shape, [0], recipe, None, None, log=lambda message: None, label="t")
     assert built == [0.25, 0.25]
+
+
+def test_recall_models_log_the_test_accuracy_of_every_sixteenth_of_the_epochs():
+    train_set = induction_head(32, generator=torch.Generator().manual_seed(3))
+    test_set = induction_head(16, generator=torch.Generator().manual_seed(4), loss_positions="answer")
+    shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
+                                   max_length=31)
+    lines: list[str] = []
+    results = quality.recall_models(["llama"], shape, [0], _tiny_recipe(epochs=2 * quality.PROGRESS_LINES + 1),
+                                    train_set, test_set, log=lines.append, label="ih")
+    progress = [line for line in lines if " epoch " in line]
+    accuracies = results["llama"]["per_seed"][0]["accuracy_by_epoch"]
+    losses = results["llama"]["per_seed"][0]["train_loss_by_epoch"]
+    assert len(progress) == quality.PROGRESS_LINES and len(lines) == quality.PROGRESS_LINES + 1  # and the end
+    for count, line in enumerate(progress, start=1):
+        epoch = 2 * count
+        assert line == (f"  ih lr 0.003 llama seed 0 epoch {epoch}/{2 * quality.PROGRESS_LINES + 1}: "
+                        f"accuracy {accuracies[epoch - 1]:.4f}, training loss {losses[epoch - 1]:.4f}")
 
 
 def test_fixed_set_training_stops_early_once_the_threshold_is_passed():

@@ -225,6 +225,7 @@ SAFARI_DATA_SEED = 0  # safari's ICLDataModule seed: one data set for every trai
 ZOOLOGY_DATA_SEED = 123  # Zoology's DataConfig seed
 RECALL_LAYERS, RECALL_ATTENTION_HEADS = 2, 1  # both papers' models: two layers, one attention head
 MQAR_VOCAB = 8192
+PROGRESS_LINES = 16  # per training run of the fixed-set recipes: the log's progress lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,11 +398,13 @@ def training_step(model, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
 
 
 def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor],
-                    recipe: Recipe, lr: float, seed: int) -> dict:
+                    recipe: Recipe, lr: float, seed: int,
+                    on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
     """``recipe.epochs`` passes over ``train_set`` (inputs, aligned targets), test accuracy after each epoch.
 
     ``recipe_optimizer``, ``learning_rate_schedule``, ``training_step`` and the recipe's ``embedding_dropout``
     (its attention dropout is the model's config: ``recall_models``); ``seed`` orders the batches.
+    ``on_epoch(epoch, accuracy, mean training loss)`` is called after each epoch's evaluation (epochs count from 1).
     Returns the final and best test accuracy, the per-epoch accuracies and losses, and the seconds per training step
     (evaluation excluded).
     """
@@ -428,6 +431,8 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
             train_seconds += time.perf_counter() - begin
             loss_by_epoch.append(epoch_loss / recipe.steps_per_epoch)
             accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
+            if on_epoch is not None:
+                on_epoch(len(accuracy_by_epoch), accuracy_by_epoch[-1], loss_by_epoch[-1])
             if recipe.early_stop_accuracy is not None and accuracy_by_epoch[-1] > recipe.early_stop_accuracy:
                 break
     return {"accuracy": accuracy_by_epoch[-1], "best_accuracy": max(accuracy_by_epoch),
@@ -526,13 +531,23 @@ def _overlap(train_inputs: torch.Tensor, test_inputs: torch.Tensor) -> int:
 def recall_models(models: list[str], shape: ModelShape, seeds: list[int], recipe: Recipe,
                   train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor],
                   log: Callable[[str], None], label: str) -> dict:
-    """Every model at every learning rate of ``recipe``; a model's figures are those of its best learning rate."""
+    """Every model at every learning rate of ``recipe``; a model's figures are those of its best learning rate.
+
+    Logs the test accuracy and training loss every ``recipe.epochs // PROGRESS_LINES`` epochs of each run (an MQAR
+    run at the paper's budget takes hours on a CPU); ``_run_seeds`` logs where the run ended.
+    """
     results = {}
+    every = max(1, recipe.epochs // PROGRESS_LINES)
     for name in models:
         by_lr = {}
         for lr in recipe.learning_rates:
-            def run(model: torch.nn.Module, seed: int, lr: float = lr) -> dict:
-                return train_fixed_set(model, train_set, test_set, recipe, lr, seed)
+            def run(model: torch.nn.Module, seed: int, lr: float = lr, name: str = name) -> dict:
+                def on_epoch(epoch: int, accuracy: float, loss: float) -> None:
+                    if epoch % every == 0:
+                        log(f"  {label} lr {lr:.2g} {name} seed {seed} epoch {epoch}/{recipe.epochs}: "
+                            f"accuracy {accuracy:.4f}, training loss {loss:.4f}")
+
+                return train_fixed_set(model, train_set, test_set, recipe, lr, seed, on_epoch=on_epoch)
 
             by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, f"{label} lr {lr:.2g}",
                                    attention_dropout=recipe.attention_dropout)

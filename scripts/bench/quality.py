@@ -541,15 +541,17 @@ def recall_models(models: list[str], shape: ModelShape, seeds: list[int], recipe
     for name in models:
         by_lr = {}
         for lr in recipe.learning_rates:
-            def run(model: torch.nn.Module, seed: int, lr: float = lr, name: str = name) -> dict:
+            run_label = f"{label} lr {lr:.2g}"
+
+            def run(model: torch.nn.Module, seed: int, lr: float = lr, prefix: str = f"{run_label} {name}") -> dict:
                 def on_epoch(epoch: int, accuracy: float, loss: float) -> None:
                     if epoch % every == 0:
-                        log(f"  {label} lr {lr:.2g} {name} seed {seed} epoch {epoch}/{recipe.epochs}: "
+                        log(f"  {prefix} seed {seed} epoch {epoch}/{recipe.epochs}: "
                             f"accuracy {accuracy:.4f}, training loss {loss:.4f}")
 
                 return train_fixed_set(model, train_set, test_set, recipe, lr, seed, on_epoch=on_epoch)
 
-            by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, f"{label} lr {lr:.2g}",
+            by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, run_label,
                                    attention_dropout=recipe.attention_dropout)
         best = max(by_lr, key=lambda lr: by_lr[lr]["accuracy"]["mean"])
         results[name] = {**by_lr[best], "learning_rate": best}

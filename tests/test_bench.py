@@ -469,7 +469,7 @@ def test_fixed_set_training_drops_embeddings_only_while_training_and_removes_its
 def test_recall_models_build_each_model_with_the_recipe_attention_dropout(monkeypatch):
     built = []
 
-    def record(model, train_set, test_set, recipe, lr, seed, on_epoch):
+    def record(model, train_set, test_set, recipe, lr, seed, on_epoch, checkpoint):
         built.append(model.config.attention_dropout)
         return {"accuracy": 0.5, "best_accuracy": 0.5, "seconds_per_step": 0.1}
 
@@ -497,6 +497,87 @@ def test_recall_models_log_the_test_accuracy_of_every_sixteenth_of_the_epochs():
         epoch = 2 * count
         assert line == (f"  ih lr 0.003 llama seed 0 epoch {epoch}/{2 * quality.PROGRESS_LINES + 1}: "
                         f"accuracy {accuracies[epoch - 1]:.4f}, training loss {losses[epoch - 1]:.4f}")
+
+
+class _Killed(Exception):
+    """Stands for a kill of the benchmark in the middle of a run."""
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("llama", dict(schedule="linear_warmup", shuffle=True, decay_groups="safari")),
+    ("h3:pure", dict(schedule="cosine_warmup_timm", min_lr_ratio=0.1, warmup_start_lr=1e-6, shuffle=True,
+                     decay_groups="safari")),
+    ("h3:pure", dict(schedule="cosine_per_epoch", shuffle=False, decay_groups="all")),
+])
+def test_fixed_set_training_killed_after_an_epoch_takes_up_from_its_checkpoint_to_the_uninterrupted_run(
+        tmp_path, name, fields):
+    train_set = induction_head(32, generator=torch.Generator().manual_seed(3))
+    test_set = induction_head(16, generator=torch.Generator().manual_seed(4), loss_positions="answer")
+    recipe = _tiny_recipe(epochs=5, batch_size=8, embedding_dropout=0.1, **fields)  # 4 steps an epoch, dropout draws
+    whole_model = _tiny_model(name)
+    whole = quality.train_fixed_set(whole_model, train_set, test_set, recipe, lr=3e-3, seed=0)
+
+    def kill(epoch: int, accuracy: float, loss: float) -> None:
+        if epoch == 2:
+            raise _Killed
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(_Killed):
+        quality.train_fixed_set(_tiny_model(name), train_set, test_set, recipe, lr=3e-3, seed=0, on_epoch=kill,
+                                checkpoint=checkpoint)
+    torch.manual_seed(1)  # another initialisation and another global random state: the checkpoint restores both
+    model = comparators.build_model(name, comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2,
+                                                                 num_heads=1, intermediate_size=64, max_length=31))
+    resumed = quality.train_fixed_set(model, train_set, test_set, recipe, lr=3e-3, seed=0, checkpoint=checkpoint)
+    assert resumed["resumed_after_epochs"] == [2] and whole["resumed_after_epochs"] == []
+    assert resumed["train_loss_by_epoch"] == whole["train_loss_by_epoch"]
+    assert resumed["accuracy_by_epoch"] == whole["accuracy_by_epoch"] and resumed["steps"] == whole["steps"] == 20
+    for (key, value), expected in zip(model.state_dict().items(), whole_model.state_dict().values(), strict=True):
+        assert torch.equal(value, expected), key
+    assert not checkpoint.with_name("checkpoint.pt.tmp").exists()  # renamed into place after every write
+
+
+def test_quality_rerun_after_a_kill_reads_back_finished_runs_and_takes_up_the_killed_one(tmp_path, monkeypatch,
+                                                                                          capsys):
+    argv = ["--quick", "--sections", "synthetic", "--synthetic_tasks", "associative_recall", "--models",
+            "llama,h3:pure", "--seeds", "0,1", "--budget_fraction", "0.02", "--synthetic_train_examples", "8",
+            "--synthetic_test_examples", "8"]  # 4 epochs per run
+    quality.main([*argv, "--output_dir", str(tmp_path / "whole")])
+    whole = json.loads((tmp_path / "whole" / "quality.json").read_text())["synthetic"]["associative_recall"]
+    evaluate, evaluations = quality.evaluate_accuracy, []
+
+    def killed_in_the_seventh_epoch(*args, **kwargs):  # llama seed 1, its third epoch, before its checkpoint
+        evaluations.append(1)
+        if len(evaluations) == 7:
+            raise _Killed
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "evaluate_accuracy", killed_in_the_seventh_epoch)
+    with pytest.raises(_Killed):
+        quality.main([*argv, "--output_dir", str(tmp_path / "killed")])
+    monkeypatch.setattr(quality, "evaluate_accuracy", evaluate)
+    runs = sorted((tmp_path / "killed" / "runs").iterdir())
+    assert [run.name.split("-")[0] for run in runs] == ["associative_recall_lr_0.0005_llama_0",
+                                                        "associative_recall_lr_0.0005_llama_1"]
+    assert [(run / "result.json").exists() for run in runs] == [True, False]  # llama seed 1 was training
+    assert [(run / "checkpoint.pt").exists() for run in runs] == [False, True]
+    trained = []
+    train = quality.train_fixed_set
+    monkeypatch.setattr(quality, "train_fixed_set", lambda model, *args, **kwargs: trained.append(1) or
+                        train(model, *args, **kwargs))
+    capsys.readouterr()
+    quality.main([*argv, "--output_dir", str(tmp_path / "killed")])
+    log = capsys.readouterr().err
+    assert len(trained) == 3  # llama seed 1 taken up, h3:pure's two seeds; llama seed 0 read back
+    assert re.search(r"llama seed 0: accuracy \d\.\d{4} \(finished earlier: .*runs", log)
+    assert re.search(r"llama seed 1: taking up the run from .*checkpoint\.pt", log)
+    resumed = json.loads((tmp_path / "killed" / "quality.json").read_text())["synthetic"]["associative_recall"]
+    for model in ("llama", "h3:pure"):
+        for ours, theirs in zip(resumed["models"][model]["per_seed"], whole["models"][model]["per_seed"], strict=True):
+            assert ours["accuracy_by_epoch"] == theirs["accuracy_by_epoch"]
+            assert ours["train_loss_by_epoch"] == theirs["train_loss_by_epoch"]
+            assert ours["resumed_after_epochs"] == ([2] if (model, ours["seed"]) == ("llama", 1) else [])
+    assert not (tmp_path / "killed" / "runs").exists() and not (tmp_path / "whole" / "runs").exists()
 
 
 def test_fixed_set_training_stops_early_once_the_threshold_is_passed():

@@ -40,6 +40,11 @@ Seeds (``--seeds`` overrides them all): 3 for the synthetic tasks and ListOps, 1
 Zoology), 2 for the LM. Figures are mean +- sample standard deviation over the seeds with the seed count; per-seed
 values and per-epoch test accuracies are in the JSON.
 
+A killed command, rerun unchanged, goes on where it stopped: each training run keeps its state under
+``--output_dir``/runs (``RunStore``), the figures of a run that finished and, for the synthetic and MQAR recipes, a
+checkpoint written after every epoch (weights, AdamW, schedule, random states), from which the run ends where an
+uninterrupted one ends. The folder is removed once the report is written, so a finished command rerun trains afresh.
+
 Dropout is the papers' (``Recipe``): 0.1 on the embeddings of every model (safari and Zoology), 0.1 on the attention
 weights in the synthetic section (safari's transformer), applied to every model of a section alike (the embeddings'
 through a forward hook, as Llama has no such field). The models stay the family's and transformers' own, so they
@@ -65,9 +70,12 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -398,24 +406,43 @@ def training_step(model, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
 
 
 def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor],
-                    recipe: Recipe, lr: float, seed: int,
-                    on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
+                    recipe: Recipe, lr: float, seed: int, on_epoch: Callable[[int, float, float], None] | None = None,
+                    checkpoint: Path | None = None) -> dict:
     """``recipe.epochs`` passes over ``train_set`` (inputs, aligned targets), test accuracy after each epoch.
 
     ``recipe_optimizer``, ``learning_rate_schedule``, ``training_step`` and the recipe's ``embedding_dropout``
     (its attention dropout is the model's config: ``recall_models``); ``seed`` orders the batches.
     ``on_epoch(epoch, accuracy, mean training loss)`` is called after each epoch's evaluation (epochs count from 1).
-    Returns the final and best test accuracy, the per-epoch accuracies and losses, and the seconds per training step
-    (evaluation excluded).
+    With ``checkpoint``, the whole training state (weights, AdamW, schedule, the batch order's generator and torch's,
+    which draws the dropout masks, and the figures so far) is written there atomically after every epoch, and a run
+    that finds the file takes up from it: killed and rerun, it ends where the uninterrupted run ends.
+    Returns the final and best test accuracy, the per-epoch accuracies and losses, the seconds per training step
+    (evaluation excluded) and the epochs after which it was resumed.
     """
     inputs, targets = train_set
     optimizer = recipe_optimizer(model, recipe, lr)
     schedule, interval = learning_rate_schedule(optimizer, recipe)
     order_generator = torch.Generator().manual_seed(seed + recipe.order_seed_offset)
-    accuracy_by_epoch, loss_by_epoch = [], []
-    train_seconds, steps = 0.0, 0
+    progress = {"accuracy_by_epoch": [], "train_loss_by_epoch": [], "train_seconds": 0.0, "steps": 0,
+                "resumed_after_epochs": []}
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        order_generator.set_state(state["order_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        progress = state["progress"]
+        progress["resumed_after_epochs"].append(len(progress["accuracy_by_epoch"]))
+    accuracy_by_epoch, loss_by_epoch = progress["accuracy_by_epoch"], progress["train_loss_by_epoch"]
+
+    def finished() -> bool:
+        stopped = (recipe.early_stop_accuracy is not None and accuracy_by_epoch
+                   and accuracy_by_epoch[-1] > recipe.early_stop_accuracy)
+        return len(accuracy_by_epoch) == recipe.epochs or bool(stopped)
+
     with embedding_dropout(model, recipe.embedding_dropout):
-        for _ in range(recipe.epochs):
+        while not finished():
             model.train()
             begin = time.perf_counter()
             order = (torch.randperm(len(inputs), generator=order_generator) if recipe.shuffle
@@ -425,20 +452,30 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
                 epoch_loss += training_step(model, optimizer, inputs[batch], targets[batch])
                 if interval == "step":
                     schedule.step()
-                steps += 1
+                progress["steps"] += 1
             if interval == "epoch":
                 schedule.step()
-            train_seconds += time.perf_counter() - begin
+            progress["train_seconds"] += time.perf_counter() - begin
             loss_by_epoch.append(epoch_loss / recipe.steps_per_epoch)
             accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
+            if checkpoint is not None:
+                _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "schedule": schedule.state_dict(), "order_generator": order_generator.get_state(),
+                                  "torch_rng": torch.get_rng_state(), "progress": progress}, checkpoint)
             if on_epoch is not None:
                 on_epoch(len(accuracy_by_epoch), accuracy_by_epoch[-1], loss_by_epoch[-1])
-            if recipe.early_stop_accuracy is not None and accuracy_by_epoch[-1] > recipe.early_stop_accuracy:
-                break
     return {"accuracy": accuracy_by_epoch[-1], "best_accuracy": max(accuracy_by_epoch),
-            "epochs": len(accuracy_by_epoch), "steps": steps, "train_seconds": train_seconds,
-            "seconds_per_step": train_seconds / steps, "final_train_loss": loss_by_epoch[-1],
-            "accuracy_by_epoch": accuracy_by_epoch, "train_loss_by_epoch": loss_by_epoch}
+            "epochs": len(accuracy_by_epoch), "steps": progress["steps"], "train_seconds": progress["train_seconds"],
+            "seconds_per_step": progress["train_seconds"] / progress["steps"], "final_train_loss": loss_by_epoch[-1],
+            "accuracy_by_epoch": accuracy_by_epoch, "train_loss_by_epoch": loss_by_epoch,
+            "resumed_after_epochs": progress["resumed_after_epochs"]}
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then renamed over it: a kill leaves the old or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def train_on_stream(model, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
@@ -507,17 +544,73 @@ def _heads(width: int, head_dim: int) -> int:
     return width // head_dim
 
 
-def _run_seeds(model_name: str, shape: ModelShape, seeds: list[int], run: Callable[[torch.nn.Module, int], dict],
-               metric: str, log: Callable[[str], None], label: str, **overrides) -> dict:
-    """Builds and trains one fresh model per seed; ``run(model, seed)`` returns the per-seed figures. ``overrides``
-    are config fields of the model (dropout)."""
+class RunStore:
+    """What a killed command needs to go on: one folder per training run under ``root``, holding ``spec.json``
+    (everything that determines the run), ``checkpoint.pt`` while a fixed-set recipe trains (``train_fixed_set``),
+    then ``result.json`` once the run finished, when the checkpoint is deleted. The folder's name ends in a digest of
+    the spec, so the same command rerun into the same ``--output_dir`` reads back the runs that finished and takes
+    up the one that was training, and a run whose recipe, data, model or seed differs gets a folder of its own.
+    ``main`` removes the store once the command has written its report: a finished command rerun trains afresh."""
+
+    CHECKPOINT = "checkpoint.pt"
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def folder(self, spec: dict) -> Path:
+        text = json.dumps(spec, sort_keys=True, default=str)
+        name = re.sub(r"[^A-Za-z0-9.=_-]+", "_", " ".join(str(spec[key]) for key in ("label", "model", "seed")))
+        folder = self.root / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            (folder / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+        return folder
+
+    @staticmethod
+    def result(folder: Path) -> dict | None:
+        path = folder / "result.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def finish(self, folder: Path, figures: dict) -> None:
+        tmp = folder / "result.json.tmp"
+        tmp.write_text(json.dumps(figures, indent=2))
+        os.replace(tmp, folder / "result.json")
+        (folder / self.CHECKPOINT).unlink(missing_ok=True)
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' shapes and values: the data a run trained and was tested on, in its spec."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run_seeds(model_name: str, shape: ModelShape, seeds: list[int],
+               run: Callable[[torch.nn.Module, int, Path | None], dict], metric: str, log: Callable[[str], None],
+               label: str, store: RunStore | None = None, spec: dict | None = None, **overrides) -> dict:
+    """Builds and trains one fresh model per seed; ``run(model, seed, folder)`` returns the per-seed figures, where
+    ``folder`` is the run's ``store`` folder (None without a store). ``spec`` holds what else determines the run
+    (recipe, data...) beside the model, shape, seed and ``overrides``, config fields of the model (dropout). A seed
+    that ``store`` holds the result of is read back, not trained again."""
     per_seed = []
     for seed in seeds:
-        torch.manual_seed(seed)
-        figures = run(build_model(model_name, shape, **overrides), seed)
+        folder = None
+        if store is not None:
+            folder = store.folder({**(spec or {}), "label": label, "model": model_name, "seed": seed,
+                                   "shape": dataclasses.asdict(shape), "config_overrides": overrides})
+        figures = None if folder is None else store.result(folder)
+        if figures is not None:
+            log(f"  {label} {model_name} seed {seed}: {metric} {figures[metric]:.4f} (finished earlier: {folder})")
+        else:
+            torch.manual_seed(seed)
+            figures = run(build_model(model_name, shape, **overrides), seed, folder)
+            if store is not None:
+                store.finish(folder, figures)
+            log(f"  {label} {model_name} seed {seed}: {metric} {figures[metric]:.4f} "
+                f"({figures.get('train_seconds', 0):.0f} s)")
         per_seed.append({"seed": seed, **figures})
-        log(f"  {label} {model_name} seed {seed}: {metric} {figures[metric]:.4f} "
-            f"({figures.get('train_seconds', 0):.0f} s)")
     return {"parameters": describe(model_name, shape)["parameters"], metric: summarize([r[metric] for r in per_seed]),
             "seconds_per_step": statistics.fmean(r["seconds_per_step"] for r in per_seed), "per_seed": per_seed}
 
@@ -530,28 +623,36 @@ def _overlap(train_inputs: torch.Tensor, test_inputs: torch.Tensor) -> int:
 
 def recall_models(models: list[str], shape: ModelShape, seeds: list[int], recipe: Recipe,
                   train_set: tuple[torch.Tensor, torch.Tensor], test_set: tuple[torch.Tensor, torch.Tensor],
-                  log: Callable[[str], None], label: str) -> dict:
+                  log: Callable[[str], None], label: str, store: RunStore | None = None) -> dict:
     """Every model at every learning rate of ``recipe``; a model's figures are those of its best learning rate.
 
     Logs the test accuracy and training loss every ``recipe.epochs // PROGRESS_LINES`` epochs of each run (an MQAR
-    run at the paper's budget takes hours on a CPU); ``_run_seeds`` logs where the run ended.
+    run at the paper's budget takes hours on a CPU); ``_run_seeds`` logs where the run ended. With ``store``, each
+    run checkpoints every epoch in its folder and one that finished earlier is read back (``RunStore``).
     """
     results = {}
     every = max(1, recipe.epochs // PROGRESS_LINES)
+    data = _digest(*train_set, *test_set) if store is not None else None
     for name in models:
         by_lr = {}
         for lr in recipe.learning_rates:
             run_label = f"{label} lr {lr:.2g}"
 
-            def run(model: torch.nn.Module, seed: int, lr: float = lr, prefix: str = f"{run_label} {name}") -> dict:
+            def run(model: torch.nn.Module, seed: int, folder: Path | None, lr: float = lr,
+                    prefix: str = f"{run_label} {name}") -> dict:
                 def on_epoch(epoch: int, accuracy: float, loss: float) -> None:
                     if epoch % every == 0:
                         log(f"  {prefix} seed {seed} epoch {epoch}/{recipe.epochs}: "
                             f"accuracy {accuracy:.4f}, training loss {loss:.4f}")
 
-                return train_fixed_set(model, train_set, test_set, recipe, lr, seed, on_epoch=on_epoch)
+                checkpoint = None if folder is None else folder / RunStore.CHECKPOINT
+                if checkpoint is not None and checkpoint.exists():
+                    log(f"  {prefix} seed {seed}: taking up the run from {checkpoint}")
+                return train_fixed_set(model, train_set, test_set, recipe, lr, seed, on_epoch=on_epoch,
+                                       checkpoint=checkpoint)
 
-            by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, run_label,
+            by_lr[lr] = _run_seeds(name, shape, seeds, run, "accuracy", log, run_label, store,
+                                   {"recipe": recipe.summary(), "learning_rate": lr, "data_sha256": data},
                                    attention_dropout=recipe.attention_dropout)
         best = max(by_lr, key=lambda lr: by_lr[lr]["accuracy"]["mean"])
         results[name] = {**by_lr[best], "learning_rate": best}
@@ -580,7 +681,8 @@ def read_data_file(path: Path, task_name: str, task, recipe: Recipe) -> tuple[tu
     return *sets, f"{path.name}: {data['source']}"
 
 
-def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
+def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None],
+                      store: RunStore | None = None) -> dict:
     results = {}
     for task_name in args.synthetic_tasks:
         task = SYNTHETIC_TASKS[task_name]
@@ -594,7 +696,8 @@ def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable
             train_set, test_set, data_source = read_data_file(args.synthetic_data_file, task_name, task, recipe)
         shape = _shape(task.vocab_size, args.synthetic_width, RECALL_LAYERS, RECALL_ATTENTION_HEADS, task.length)
         log(f"{task_name}: {budget_statement(task.recipe, recipe)}")
-        entries = recall_models(models, shape, args.synthetic_seeds, recipe, train_set, test_set, log, task_name)
+        entries = recall_models(models, shape, args.synthetic_seeds, recipe, train_set, test_set, log, task_name,
+                                store)
         for name, entry in entries.items():
             entry["paper"] = task.paper.get(name)
         results[task_name] = {
@@ -611,7 +714,8 @@ def synthetic_section(args: argparse.Namespace, models: list[str], log: Callable
     return results
 
 
-def mqar_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
+def mqar_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None],
+                 store: RunStore | None = None) -> dict:
     results = {}
     recipe = run_recipe(ZOOLOGY_MQAR, args, "mqar")
     log(f"mqar: {budget_statement(ZOOLOGY_MQAR, recipe)}")
@@ -624,7 +728,7 @@ def mqar_section(args: argparse.Namespace, models: list[str], log: Callable[[str
         for width in args.mqar_widths:
             shape = _shape(MQAR_VOCAB, width, RECALL_LAYERS, RECALL_ATTENTION_HEADS, length)
             label = f"mqar L={length} pairs={pairs} width={width}"
-            entries = recall_models(models, shape, args.mqar_seeds, recipe, train_set, test_set, log, label)
+            entries = recall_models(models, shape, args.mqar_seeds, recipe, train_set, test_set, log, label, store)
             for name, entry in entries.items():
                 entry["paper"] = ZOOLOGY_FIGURE_2.get(((length, pairs), width), {}).get(name)
             results[f"{length}x{pairs}@{width}"] = {
@@ -637,7 +741,8 @@ def mqar_section(args: argparse.Namespace, models: list[str], log: Callable[[str
     return results
 
 
-def lm_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
+def lm_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None],
+               store: RunStore | None = None) -> dict:
     corpus = load_stdlib_corpus(max_chars=args.lm_max_chars)
     tokenizer = train_bpe_tokenizer((row["text"] for row in corpus["train"]), vocab_size=args.lm_vocab_size)
     blocks = {split: torch.tensor(pack_dataset(corpus[split], tokenizer, args.lm_seq_len + 1)["input_ids"])
@@ -648,8 +753,10 @@ def lm_section(args: argparse.Namespace, models: list[str], log: Callable[[str],
                    args.lm_seq_len)
     log(f"lm: {len(blocks['train'])} train blocks, {len(validation)} validation blocks of {args.lm_seq_len} tokens, "
         f"vocabulary {len(tokenizer)}, {steps} steps")
+    spec = {"train_sha256": _digest(blocks["train"]), "validation_sha256": _digest(validation), "steps": steps,
+            "batch_size": args.batch_size, "learning_rate": args.lr, "weight_decay": args.weight_decay}
 
-    def run(model: torch.nn.Module, seed: int) -> dict:
+    def run(model: torch.nn.Module, seed: int, folder: Path | None) -> dict:
         generator = torch.Generator().manual_seed(seed)
 
         def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -662,17 +769,20 @@ def lm_section(args: argparse.Namespace, models: list[str], log: Callable[[str],
     return {"train_tokens": steps * args.batch_size * args.lm_seq_len, "seq_len": args.lm_seq_len,
             "vocab_size": len(tokenizer), "width": args.lm_width, "layers": args.lm_layers,
             "train_blocks": len(blocks["train"]), "validation_tokens": validation[:, 1:].numel(),
-            "models": {name: _run_seeds(name, shape, args.lm_seeds, run, "validation_perplexity", log, "lm")
-                       for name in models}}
+            "models": {name: _run_seeds(name, shape, args.lm_seeds, run, "validation_perplexity", log, "lm", store,
+                                        spec) for name in models}}
 
 
-def listops_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None]) -> dict:
+def listops_section(args: argparse.Namespace, models: list[str], log: Callable[[str], None],
+                    store: RunStore | None = None) -> dict:
     if not FINETUNE_SCRIPT.exists():
         return {"status": "not run", "reason": f"{FINETUNE_SCRIPT.relative_to(REPO_ROOT)} is absent"}
     tokenizer = listops_tokenizer()
     shape = _shape(len(tokenizer), args.listops_width, args.listops_layers,
                    _heads(args.listops_width, args.head_dim), args.listops_max_length + 2)
     root = args.output_dir / "listops"
+    spec = {key: getattr(args, key) for key in ("listops_min_length", "listops_max_length", "listops_train_size",
+                                                "listops_steps", "batch_size", "lr")}
 
     def run(model: torch.nn.Module, seed: int, name: str) -> dict:
         folder = root / name.replace(":", "-") / f"seed{seed}"
@@ -699,8 +809,8 @@ def listops_section(args: argparse.Namespace, models: list[str], log: Callable[[
     for name in models:
         try:
             results[name] = _run_seeds(name, shape, args.listops_seeds,
-                                       lambda model, seed, name=name: run(model, seed, name), "accuracy", log,
-                                       "listops")
+                                       lambda model, seed, folder, name=name: run(model, seed, name), "accuracy", log,
+                                       "listops", store, spec)
         except subprocess.CalledProcessError as error:
             results[name] = {"status": "failed", "stderr_tail": error.stderr[-2000:]}
             log(f"  listops {name}: finetune_classification.py failed:\n{error.stderr[-2000:]}")
@@ -974,16 +1084,18 @@ def main(argv: list[str] | None = None) -> dict:
         "section_seconds": {},
     }
     runners = {"synthetic": synthetic_section, "mqar": mqar_section, "lm": lm_section, "listops": listops_section}
+    store = RunStore(args.output_dir / "runs")
     for section in args.sections:
         log(f"{section}")
         models = args.models or list(SECTION_MODELS[section])
         begin = time.perf_counter()
-        results[section] = runners[section](args, models, log)
+        results[section] = runners[section](args, models, log, store)
         results["section_seconds"][section] = time.perf_counter() - begin
         (args.output_dir / "quality.json").write_text(json.dumps(results, indent=2, default=str))
     results["load_average"]["end"] = os.getloadavg()[0]
     (args.output_dir / "quality.json").write_text(json.dumps(results, indent=2, default=str))
     (args.output_dir / "quality.md").write_text(markdown_report(results))
+    shutil.rmtree(store.root, ignore_errors=True)  # the command finished: a rerun trains afresh (see RunStore)
     log(f"wrote {args.output_dir / 'quality.json'} and quality.md")
     return results
 

@@ -996,7 +996,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="tiny sets, 1%% of the epochs, one seed: checks that every section and task runs")
-    parser.add_argument("--output_dir", type=Path, default=Path("outputs/bench/quality"))
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/bench/quality"),
+                        help="quality.json and quality.md; while the command runs, runs/ holds what a rerun of the "
+                             "same command needs to go on after a kill")
     parser.add_argument("--sections", type=choice_list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--models", type=choice_list(MODEL_NAMES),
                         help="models of every section (default: each section's own list, see above)")

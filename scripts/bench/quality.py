@@ -459,9 +459,10 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
             loss_by_epoch.append(epoch_loss / recipe.steps_per_epoch)
             accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
             if checkpoint is not None:
-                _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "schedule": schedule.state_dict(), "order_generator": order_generator.get_state(),
-                                  "torch_rng": torch.get_rng_state(), "progress": progress}, checkpoint)
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "order_generator": order_generator.get_state(),
+                         "torch_rng": torch.get_rng_state(), "progress": progress}
+                _write_atomically(checkpoint, functools.partial(torch.save, state))
             if on_epoch is not None:
                 on_epoch(len(accuracy_by_epoch), accuracy_by_epoch[-1], loss_by_epoch[-1])
     return {"accuracy": accuracy_by_epoch[-1], "best_accuracy": max(accuracy_by_epoch),
@@ -471,10 +472,10 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
             "resumed_after_epochs": progress["resumed_after_epochs"]}
 
 
-def _save_atomically(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then renamed over it: a kill leaves the old or the new."""
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed over it: a kill leaves the old or the new."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
@@ -572,9 +573,7 @@ class RunStore:
         return json.loads(path.read_text()) if path.exists() else None
 
     def finish(self, folder: Path, figures: dict) -> None:
-        tmp = folder / "result.json.tmp"
-        tmp.write_text(json.dumps(figures, indent=2))
-        os.replace(tmp, folder / "result.json")
+        _write_atomically(folder / "result.json", lambda path: path.write_text(json.dumps(figures, indent=2)))
         (folder / self.CHECKPOINT).unlink(missing_ok=True)
 
 

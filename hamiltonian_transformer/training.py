@@ -1,4 +1,5 @@
-"""What runs during training besides the step itself: evaluation of a causal LM, and `Trainer`'s time limit.
+"""What runs during training besides the step itself: evaluation of a causal LM, `Trainer`'s time limit, and which
+parameters DistributedDataParallel must be told will get no gradient.
 
 The training scripts' other library code has one module per concern: `config_from_flags` (flags to a model config),
 `checkpoints` (atomic checkpoints and resume) and `run_outputs` (file names, perplexity, the final folder).
@@ -32,6 +33,30 @@ def evaluate_causal_lm(model: torch.nn.Module, dataloader: Iterable[dict[str, to
     if not losses:
         raise ValueError("the evaluation split gave no batch; it needs at least one block of --seq_len tokens.")
     return torch.cat(losses).mean().item()
+
+
+def parameters_without_gradient(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters that no backward pass through ``model``'s logits reaches.
+
+    DistributedDataParallel must be told that a model has such parameters (``find_unused_parameters=True``), or its
+    second step fails waiting for their gradients; told so when there are none, it walks the autograd graph after every
+    step and warns. transformers' `Trainer` assumes there are some unless gradient checkpointing is on; Accelerate
+    assumes there are none. The Hamiltonian Transformer with the first design's dynamics and one literal Euler step
+    per layer has some: the last layer's force moves only the momenta, which the head does not read.
+
+    Found by one forward and backward pass over two tokens in training mode, under a forked RNG (the run's dropout
+    masks are not moved); the gradients it made are cleared, so call it before training.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        logits = model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device), use_cache=False).logits
+        logits.float().sum().backward()
+    unused = [name for name, param in model.named_parameters() if param.requires_grad and param.grad is None]
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return unused
 
 
 class TimeLimitCallback(TrainerCallback):

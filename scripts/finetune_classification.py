@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     from hamiltonian_transformer.hub import CheckpointError, HubPushError, push_checkpoint
     from hamiltonian_transformer.optimization import ParameterGroupTrainer
     from hamiltonian_transformer.run_outputs import RunProgress, save_final_model
-    from hamiltonian_transformer.training import TimeLimitCallback
+    from hamiltonian_transformer.training import TimeLimitCallback, parameters_without_gradient
 
     try:
         push, training_args.push_to_hub = training_args.push_to_hub, False  # pushed below, with the family's card
@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"finetune_classification.py: error: {err}", file=sys.stderr)
         return 1
+    if (training_args.world_size > 1 and training_args.ddp_find_unused_parameters is None
+            and not training_args.gradient_checkpointing):
+        # Left unset, Trainer assumes some parameters get no gradient: DDP then walks the graph and warns every step.
+        training_args.ddp_find_unused_parameters = bool(parameters_without_gradient(run.model))
     main_process = training_args.process_index == 0  # prints and the upload: once, not once per process
     resume = training_args.resume_from_checkpoint
     if resume == "latest":

@@ -215,7 +215,12 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
     """Everything before the first step; every refusal happens here, as a ValueError."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DistributedDataParallelKwargs,
+        ProjectConfiguration,
+        set_seed,
+    )
     from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, get_scheduler
 
@@ -228,6 +233,7 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
     )
     from hamiltonian_transformer.data import load_text_datasets, pack_dataset
     from hamiltonian_transformer.optimization import parameter_groups
+    from hamiltonian_transformer.training import parameters_without_gradient
 
     overrides = parse_config_overrides(args.config_overrides)
     # Refuse a bad preset or override now rather than after the data is prepared (the real config needs the
@@ -283,6 +289,13 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
     model = AutoModelForCausalLM.from_config(config)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if accelerator.num_processes > 1:
+        # prepare() wraps the model in DistributedDataParallel with these settings (the accelerator came first).
+        unused = parameters_without_gradient(model)
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=bool(unused))
+        if unused:
+            accelerator.print(f"{len(unused)} parameters get no gradient ({', '.join(unused)}): "
+                              "DistributedDataParallel is told to expect that")
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay, args.learning_rate, args.ssm_learning_rate),
         lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),

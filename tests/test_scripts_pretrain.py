@@ -86,6 +86,8 @@ def test_two_cpu_ranks_train_together_and_save_a_folder_that_loads(tmp_path, cac
     assert json.loads((output_dir / "training_args.json").read_text())["num_processes"] == 2
     assert losses[-1] < losses[0]
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (output_dir / "checkpoint-8").iterdir()}
+    # Every parameter gets a gradient, and DistributedDataParallel is not told to look for ones that do not.
+    assert "get no gradient" not in result.stdout and "find_unused_parameters=True" not in result.stderr
 
     eval_results = json.loads((output_dir / "eval_results.json").read_text())
     assert eval_results["eval_loss"] == pytest.approx(final["eval_loss"])
@@ -97,6 +99,21 @@ def test_two_cpu_ranks_train_together_and_save_a_folder_that_loads(tmp_path, cac
     assert (output_dir / "generation_config.json").is_file()
     ids = tokenizer("def main(", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_two_cpu_ranks_train_a_model_whose_last_force_gets_no_gradient(tmp_path, cache_dir):
+    # The first design's dynamics with one literal Euler step per layer: the last layer's attention moves only the
+    # momenta, which the head does not read. Untold, DistributedDataParallel fails at the second step.
+    output_dir = tmp_path / "ddp"
+    launch, env = two_cpu_ranks(tmp_path / "hf_home")
+    argv = tiny_args(output_dir, cache_dir, max_steps=2, config_overrides="dynamics=mlp_velocity,integrator=euler")
+    result = run_process_tree([*launch, str(SCRIPTS / "pretrain.py"), *argv], timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    last_force = ", ".join(f"model.layers.1.{name}" for name in (
+        "force_norm.weight", "force_norm.bias", "attention.q_proj.weight", "attention.k_proj.weight",
+        "attention.v_proj.weight", "attention.o_proj.weight"))
+    assert result.stdout.count(f"6 parameters get no gradient ({last_force})") == 1  # printed by the main process
+    assert read_log(output_dir)[1]["batches_per_process"] == [2, 2]
 
 
 def test_a_launch_that_hangs_fails_showing_each_process_stack_and_leaves_none_running():

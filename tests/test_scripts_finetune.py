@@ -149,6 +149,14 @@ def test_refuses_bad_setups_with_one_readable_line(tmp_path, capsys, case, messa
     assert last_line.startswith("finetune_classification.py: error: ") and message in last_line
 
 
+def test_memory_is_pinned_by_default_only_for_an_accelerator_and_always_when_asked(tmp_path, monkeypatch):
+    for available in (False, True):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda available=available: available)
+        assert finetune.parse_args(argv(tmp_path / "out"))[2].dataloader_pin_memory is available
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    assert finetune.parse_args(argv(tmp_path / "out", dataloader_pin_memory=True))[2].dataloader_pin_memory is True
+
+
 def test_a_new_models_config_carries_the_tokenizers_special_tokens(tmp_path):
     # Otherwise Trainer aligns them itself at the start of training, with a warning.
     model_args, data_args, training_args = finetune.parse_args(argv(tmp_path / "out", preset="tiny"))
@@ -200,6 +208,7 @@ def test_two_cpu_ranks_train_together_print_once_and_push_once(tmp_path):
     # Every parameter gets a gradient: DistributedDataParallel is not told to look for ones that do not (Trainer's
     # default), which would walk the autograd graph after every step and warn.
     assert "find_unused_parameters=True" not in result.stderr
+    assert "pin_memory" not in result.stderr  # nothing to pin for without an accelerator
     recorded = json.loads((output_dir / "training_args.json").read_text())
     assert (recorded["num_processes"], recorded["steps"]) == (2, 4)
     train_split = make_listops_splits(64, 16, 0, min_length=10, max_length=60, seed=0)["train"]

@@ -537,6 +537,44 @@ def test_fixed_set_training_killed_after_an_epoch_takes_up_from_its_checkpoint_t
     assert not checkpoint.with_name("checkpoint.pt.tmp").exists()  # renamed into place after every write
 
 
+@pytest.mark.parametrize("name", ["llama", "h3:pure"])
+def test_stream_training_killed_mid_run_takes_up_from_its_checkpoint_to_the_uninterrupted_run(tmp_path, name):
+    blocks = torch.randint(0, 20, (40, 9), generator=torch.Generator().manual_seed(5))
+
+    def stream(generator: torch.Generator, killed_at: int | None = None):
+        drawn = []
+
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            drawn.append(1)
+            if len(drawn) == killed_at:
+                raise _Killed
+            batch = blocks[torch.randint(0, len(blocks), (4,), generator=generator)]
+            return batch[:, :-1], batch[:, 1:]
+
+        return next_batch
+
+    def train(model, generator, killed_at=None, checkpoint=None):
+        with quality.embedding_dropout(model, 0.1):  # dropout draws from torch's RNG, which the checkpoint keeps
+            return quality.train_on_stream(model, stream(generator, killed_at), 10, 3e-3, 0.1, checkpoint, generator,
+                                           checkpoint_every=3)
+
+    whole_model = _tiny_model(name)
+    whole = train(whole_model, torch.Generator().manual_seed(0))
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(_Killed):  # in step 8, after the checkpoint of step 6
+        train(_tiny_model(name), torch.Generator().manual_seed(0), killed_at=8, checkpoint=checkpoint)
+    torch.manual_seed(1)  # another initialisation, global RNG and batch generator: the checkpoint restores them
+    model = comparators.build_model(name, comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2,
+                                                                 num_heads=1, intermediate_size=64, max_length=31))
+    resumed = train(model, torch.Generator().manual_seed(1), checkpoint=checkpoint)
+    assert resumed["resumed_after_steps"] == [6] and whole["resumed_after_steps"] == []
+    assert resumed["final_train_loss"] == whole["final_train_loss"]
+    for (key, value), expected in zip(model.state_dict().items(), whole_model.state_dict().values(), strict=True):
+        assert torch.equal(value, expected), key
+    with pytest.raises(ValueError, match="needs the generator"):
+        quality.train_on_stream(model, stream(torch.Generator()), 10, 3e-3, 0.1, checkpoint)
+
+
 def test_quality_rerun_after_a_kill_reads_back_finished_runs_and_takes_up_the_killed_one(tmp_path, monkeypatch,
                                                                                           capsys):
     argv = ["--quick", "--sections", "synthetic", "--synthetic_tasks", "associative_recall", "--models",

@@ -41,9 +41,9 @@ Zoology), 2 for the LM. Figures are mean +- sample standard deviation over the s
 values and per-epoch test accuracies are in the JSON.
 
 A killed command, rerun unchanged, goes on where it stopped: each training run keeps its state under
-``--output_dir``/runs (``RunStore``), the figures of a run that finished and, for the synthetic and MQAR recipes, a
-checkpoint written after every epoch (weights, AdamW, schedule, random states), from which the run ends where an
-uninterrupted one ends. The folder is removed once the report is written, so a finished command rerun trains afresh.
+``--output_dir``/runs (``RunStore``), the figures of a run that finished and a checkpoint (weights, AdamW, schedule,
+random states) written after every epoch of the synthetic and MQAR recipes and every twentieth of the LM steps, from
+which the run ends where an uninterrupted one ends (a ListOps run is only read back once finished). The folder is removed once the report is written, so a finished command rerun trains afresh.
 
 Dropout is the papers' (``Recipe``): 0.1 on the embeddings of every model (safari and Zoology), 0.1 on the attention
 weights in the synthetic section (safari's transformer), applied to every model of a section alike (the embeddings'
@@ -425,14 +425,9 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
     order_generator = torch.Generator().manual_seed(seed + recipe.order_seed_offset)
     progress = {"accuracy_by_epoch": [], "train_loss_by_epoch": [], "train_seconds": 0.0, "steps": 0,
                 "resumed_after_epochs": []}
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        order_generator.set_state(state["order_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        progress = state["progress"]
+    restored = _restore_training_state(checkpoint, model, optimizer, schedule, order_generator)
+    if restored is not None:
+        progress = restored
         progress["resumed_after_epochs"].append(len(progress["accuracy_by_epoch"]))
     accuracy_by_epoch, loss_by_epoch = progress["accuracy_by_epoch"], progress["train_loss_by_epoch"]
 
@@ -459,10 +454,7 @@ def train_fixed_set(model, train_set: tuple[torch.Tensor, torch.Tensor], test_se
             loss_by_epoch.append(epoch_loss / recipe.steps_per_epoch)
             accuracy_by_epoch.append(evaluate_accuracy(model, *test_set, batch_size=EVAL_BATCH_SIZE))
             if checkpoint is not None:
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "order_generator": order_generator.get_state(),
-                         "torch_rng": torch.get_rng_state(), "progress": progress}
-                _write_atomically(checkpoint, functools.partial(torch.save, state))
+                _save_training_state(checkpoint, model, optimizer, schedule, order_generator, progress)
             if on_epoch is not None:
                 on_epoch(len(accuracy_by_epoch), accuracy_by_epoch[-1], loss_by_epoch[-1])
     return {"accuracy": accuracy_by_epoch[-1], "best_accuracy": max(accuracy_by_epoch),
@@ -479,16 +471,54 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+def _save_training_state(path: Path, model, optimizer: torch.optim.Optimizer, schedule, generator: torch.Generator,
+                         progress: dict) -> None:
+    """Everything a run needs to go on as if never stopped, written atomically: weights, AdamW, the schedule, the
+    generator its batches come from, torch's (which draws the dropout masks) and its figures so far."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "progress": progress}
+    _write_atomically(path, functools.partial(torch.save, state))
+
+
+def _restore_training_state(path: Path | None, model, optimizer: torch.optim.Optimizer, schedule,
+                            generator: torch.Generator) -> dict | None:
+    """Loads what `_save_training_state` wrote into the run's objects and returns its progress; None without a file."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["progress"]
+
+
 def train_on_stream(model, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float,
-                    weight_decay: float) -> dict[str, float]:
+                    weight_decay: float, checkpoint: Path | None = None, generator: torch.Generator | None = None,
+                    checkpoint_every: int | None = None) -> dict:
     """``steps`` AdamW steps on fresh ``next_batch()`` (the LM section): betas (0.9, 0.95), linear warm-up over 10%,
-    cosine decay, gradient clipping at 1. Returns the last losses and the time."""
+    cosine decay, gradient clipping at 1. Returns the last losses, the time and the steps after which it was resumed.
+
+    With ``checkpoint``, the training state (as ``train_fixed_set`` keeps it, with ``generator``, the one
+    ``next_batch`` draws from) is written there atomically every ``checkpoint_every`` steps (default: a twentieth
+    of the run), and a run that finds the file takes up from it: killed and rerun, it ends where the uninterrupted
+    run ends.
+    """
+    if checkpoint is not None and generator is None:
+        raise ValueError("train_on_stream: a checkpoint needs the generator that next_batch draws from")
+    every = checkpoint_every or max(1, steps // 20)
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay, lr), betas=(0.9, 0.95))
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
+    progress = {"losses": [], "train_seconds": 0.0, "resumed_after_steps": []}
+    restored = _restore_training_state(checkpoint, model, optimizer, schedule, generator)
+    if restored is not None:
+        progress = restored
+        progress["resumed_after_steps"].append(len(progress["losses"]))
+    losses = progress["losses"]
     model.train()
-    losses = []
     begin = time.perf_counter()
-    for _ in range(steps):
+    while len(losses) < steps:
         inputs, targets = next_batch()
         loss = causal_loss(model, inputs, targets)
         loss.backward()
@@ -497,10 +527,16 @@ def train_on_stream(model, next_batch: Callable[[], tuple[torch.Tensor, torch.Te
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if checkpoint is not None and len(losses) % every == 0 and len(losses) < steps:
+            now = time.perf_counter()
+            progress["train_seconds"] += now - begin
+            begin = now
+            _save_training_state(checkpoint, model, optimizer, schedule, generator, progress)
+    progress["train_seconds"] += time.perf_counter() - begin
     tail = losses[-max(1, steps // 20):]
-    train_seconds = time.perf_counter() - begin
-    return {"final_train_loss": sum(tail) / len(tail), "train_seconds": train_seconds,
-            "seconds_per_step": train_seconds / steps}
+    return {"final_train_loss": sum(tail) / len(tail), "train_seconds": progress["train_seconds"],
+            "seconds_per_step": progress["train_seconds"] / steps,
+            "resumed_after_steps": progress["resumed_after_steps"]}
 
 
 @torch.no_grad()
@@ -547,8 +583,9 @@ def _heads(width: int, head_dim: int) -> int:
 
 class RunStore:
     """What a killed command needs to go on: one folder per training run under ``root``, holding ``spec.json``
-    (everything that determines the run), ``checkpoint.pt`` while a fixed-set recipe trains (``train_fixed_set``),
-    then ``result.json`` once the run finished, when the checkpoint is deleted. The folder's name ends in a digest of
+    (everything that determines the run), ``checkpoint.pt`` while a fixed-set recipe or the LM section trains
+    (``train_fixed_set``, ``train_on_stream``), then ``result.json`` once the run finished, when the checkpoint is
+    deleted (a ListOps run is only read back once finished). The folder's name ends in a digest of
     the spec, so the same command rerun into the same ``--output_dir`` reads back the runs that finished and takes
     up the one that was training, and a run whose recipe, data, model or seed differs gets a folder of its own.
     ``main`` removes the store once the command has written its report: a finished command rerun trains afresh."""
@@ -762,7 +799,8 @@ def lm_section(args: argparse.Namespace, models: list[str], log: Callable[[str],
             batch = blocks["train"][torch.randint(0, len(blocks["train"]), (args.batch_size,), generator=generator)]
             return batch[:, :-1], batch[:, 1:]
 
-        figures = train_on_stream(model, next_batch, steps, args.lr, args.weight_decay)
+        checkpoint = None if folder is None else folder / RunStore.CHECKPOINT
+        figures = train_on_stream(model, next_batch, steps, args.lr, args.weight_decay, checkpoint, generator)
         return {**figures, "validation_perplexity": evaluate_perplexity(model, validation, batch_size=32)}
 
     return {"train_tokens": steps * args.batch_size * args.lm_seq_len, "seq_len": args.lm_seq_len,

@@ -43,7 +43,8 @@ values and per-epoch test accuracies are in the JSON.
 A killed command, rerun unchanged, goes on where it stopped: each training run keeps its state under
 ``--output_dir``/runs (``RunStore``), the figures of a run that finished and a checkpoint (weights, AdamW, schedule,
 random states) written after every epoch of the synthetic and MQAR recipes and every twentieth of the LM steps, from
-which the run ends where an uninterrupted one ends (a ListOps run is only read back once finished). The folder is removed once the report is written, so a finished command rerun trains afresh.
+which the run ends where an uninterrupted one ends (a ListOps run is only read back once finished). The folder is
+removed once the report is written, so a finished command rerun trains afresh.
 
 Dropout is the papers' (``Recipe``): 0.1 on the embeddings of every model (safari and Zoology), 0.1 on the attention
 weights in the synthetic section (safari's transformer), applied to every model of a section alike (the embeddings'

@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune_classification.py: error: {err}", file=sys.stderr)
         return 1
     if (training_args.world_size > 1 and training_args.ddp_find_unused_parameters is None
-            and not training_args.gradient_checkpointing):
+            and not training_args.activation_checkpointing):
         # Left unset, Trainer assumes some parameters get no gradient: DDP then walks the graph and warns every step.
         training_args.ddp_find_unused_parameters = bool(parameters_without_gradient(run.model))
     main_process = training_args.process_index == 0  # prints and the upload: once, not once per process

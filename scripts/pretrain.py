@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--preset", default="small", help="named size: tiny, small or base")
     model.add_argument("--config_overrides", default=None,
                        help="comma-separated config fields, e.g. hidden_size=256,num_hidden_layers=4")
-    model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument("--activation_checkpointing", "--gradient_checkpointing", action="store_true",
+                       help="recompute each layer's activations in backward instead of storing them (transformers' "
+                            "`activation_checkpointing_enable`; --gradient_checkpointing is its former name)")
 
     data = parser.add_argument_group("data (default: the embedded Python standard-library corpus)")
     data.add_argument("--dataset_name", default=None, help="a `datasets` Hub dataset")
@@ -287,8 +289,8 @@ def setup(args: argparse.Namespace) -> PretrainingRun:
         train_set = train_set.shuffle(seed=args.seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
 
     model = AutoModelForCausalLM.from_config(config)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if accelerator.num_processes > 1:
         # prepare() wraps the model in DistributedDataParallel with these settings (the accelerator came first).
         unused = parameters_without_gradient(model)

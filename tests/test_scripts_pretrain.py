@@ -181,6 +181,20 @@ def test_gradient_accumulation_gives_the_loss_curve_of_the_larger_batch(tmp_path
 
 
 @pytest.mark.usefixtures("in_process_run")
+def test_activation_checkpointing_recomputes_the_same_training_without_a_deprecation(tmp_path, cache_dir, recwarn):
+    stored = tmp_path / "stored"
+    assert pretrain.main(tiny_args(stored, cache_dir, max_steps=3)) == 0
+    reset_accelerate_state()
+    recomputed = tmp_path / "recomputed"
+    assert pretrain.main(tiny_args(recomputed, cache_dir, max_steps=3, activation_checkpointing=True)) == 0
+    # transformers renamed gradient checkpointing (the old names warn): the script calls the new one, takes both flags
+    assert not [w for w in recwarn if "checkpointing" in str(w.message)]
+    assert read_log(recomputed)[0] == pytest.approx(read_log(stored)[0], rel=RESUME_RTOL)
+    assert json.loads((recomputed / "training_args.json").read_text())["activation_checkpointing"] is True
+    assert pretrain.parse_args(tiny_args(stored, cache_dir, gradient_checkpointing=True)).activation_checkpointing
+
+
+@pytest.mark.usefixtures("in_process_run")
 def test_sigkill_mid_run_then_resume_latest_reaches_the_uninterrupted_final_loss(tmp_path, cache_dir, capsys):
     # Dropout makes the result depend on the restored RNG state, not only on weights, optimizer and data position.
     flags = dict(max_steps=120, checkpointing_steps=20, eval_steps=30, gradient_accumulation_steps=2,

@@ -235,6 +235,11 @@ def test_quality_quick_sections_train_every_model_and_report_mean_and_spread(tmp
         for model, code in (("llama", "`llama`"), ("h3:pure", "`renamed`")):
             lasts = [run.last for run in runs if run.task == task and code in run.code]
             assert lasts == setting["models"][model]["accuracy"]["values"]
+    for model, code in (("llama", "`llama`"), ("h3:pure", "`renamed`")):  # MQAR: each model at its reported lr
+        entry = mqar["models"][model]
+        lasts = [run.last for run in runs if run.task == "MQAR (16, 2), width 32" and code in run.code
+                 and f"lr {entry['learning_rate']:g}, 1 of the paper's 64 epochs" in run.code]
+        assert lasts == entry["accuracy"]["values"]
 
 
 def test_synthetic_data_seed_draws_another_data_set_for_every_training_seed(monkeypatch):

@@ -1,16 +1,17 @@
-"""The README's rows over seeds run one process each: per-seed, mean and best accuracy of synthetic-task runs.
+"""The README's rows over seeds run one process each: per-seed, mean and best accuracy of synthetic-task and MQAR runs.
 
     python scripts/bench/seed_table.py \\
         docs/bench/safari_own/induction_head/seed* \\
         docs/bench/quality_paper/induction_head_safari_schedule/h3_pure_shift_b_safari_init/seed*
 
 Each path is a run's output folder or its JSON: ``summary.json`` of safari_train.py (safari's own code) or
-``quality.json`` of quality.py (every model and seed of its synthetic section). Runs of the same task by the same
-code, model, sets and batch-order seeding (``--order_seed_offset``) make one row: the test accuracy after the last
-epoch of each seed, their mean and sample standard deviation, the best epoch's accuracy of each seed and the first
-epoch (counted from 1) at which each seed's accuracy reaches each of ``--thresholds``. One table per task, printed
-as markdown. ``--rename OLD=NEW`` counts runs that quality.py recorded under model name OLD as NEW's (for runs made
-before a model had its name).
+``quality.json`` of quality.py (every model and seed of its synthetic and MQAR sections; an MQAR model's seeds at
+the learning rate it reports). Runs of the same task by the same code, model, sets and batch-order seeding
+(``--order_seed_offset``), and for MQAR the same learning rate and epochs, make one row: the test accuracy after
+the last epoch of each seed, their mean and sample standard deviation, the best epoch's accuracy of each seed and
+the first epoch (counted from 1) at which each seed's accuracy reaches each of ``--thresholds``. One table per
+task, printed as markdown. ``--rename OLD=NEW`` counts runs that quality.py recorded under model name OLD as NEW's
+(for runs made before a model had its name).
 
 Where a task has several rows, a second table sets each against the first: the mean of each seed's best epoch, the
 seeds whose last epoch reaches ``--goal``, the difference of the last-epoch means with its standard error (Welch's:
@@ -71,13 +72,23 @@ def read_runs(path: Path, renamed: dict[str, str] | None = None) -> list[SeedRun
     if "accuracy_per_epoch" in record:  # safari_train.py's summary
         code = f"safari's own code (`train.py`, `{record['experiment']}`)"
         return [SeedRun(record["task"], code, record["seed"], tuple(record["accuracy_per_epoch"]))]
-    if not record.get("synthetic"):
-        raise SystemExit(f"{file}: no synthetic-task runs (quality.py's --sections synthetic) and no safari summary")
-    return [SeedRun(task, f"this project (`{renamed.get(model, model)}`, quality.py{_data_note(setting)})",
+    if not (record.get("synthetic") or record.get("mqar")):
+        raise SystemExit(f"{file}: no synthetic-task or MQAR runs (quality.py's --sections synthetic, mqar) and no "
+                         "safari summary")
+    runs = [SeedRun(task, f"this project (`{renamed.get(model, model)}`, quality.py{_data_note(setting)})",
                     run["seed"], tuple(run["accuracy_by_epoch"]))
-            for task, setting in record["synthetic"].items()
+            for task, setting in record.get("synthetic", {}).items()
             for model, entry in setting["models"].items()
             for run in entry["per_seed"]]
+    for setting in record.get("mqar", {}).values():
+        task = f"MQAR ({setting['length']}, {setting['pairs']}), width {setting['width']}"
+        epochs = f"{setting['recipe']['epochs']} of the paper's {setting['paper_recipe']['epochs']} epochs"
+        runs += [SeedRun(task, f"this project (`{renamed.get(model, model)}`, quality.py, "
+                               f"lr {entry['learning_rate']:g}, {epochs})", run["seed"],
+                         tuple(run["accuracy_by_epoch"]))
+                 for model, entry in setting["models"].items()
+                 for run in entry["per_seed"]]
+    return runs
 
 
 def _data_note(setting: dict) -> str:

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from hamiltonian_transformer import PRESETS
 from hamiltonian_transformer.data import listops_tokenizer, make_listops_splits
+from hamiltonian_transformer.optimization import ParameterGroupTrainer
 from tests.conftest import run_process_tree
 from tests.hub_server import HubServer
 from tests.script_helpers import (  # noqa: F401  (in_process_run is a fixture)
@@ -94,6 +95,40 @@ def test_final_folder_has_a_card_and_no_pickle_while_trainer_checkpoints_stay_in
     recorded = json.loads((output_dir / "training_args.json").read_text())
     assert (recorded["steps"], recorded["max_steps"], recorded["stop_reason"]) == (2, 2, None)
     assert "Training ran all 2 planned optimizer steps." in " ".join((output_dir / "README.md").read_text().split())
+
+
+class _Killed(Exception):
+    """Stands for a kill of the run between two optimizer steps."""
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_from_latest_to_the_uninterrupted_weights(tmp_path, monkeypatch,
+                                                                                          capsys):
+    # Dropout makes the result depend on the restored RNG state, not only on weights, optimizer and data position.
+    flags = dict(model_type="h3", preset="tiny", max_steps=6, save_strategy="steps", save_steps=3,
+                 per_device_train_batch_size=8, listops_train_size=64, listops_validation_size=16,
+                 listops_test_size=0, config_overrides="hidden_dropout=0.1,embedding_dropout=0.1")
+    assert finetune.main(argv(tmp_path / "uninterrupted", **flags)) == 0
+    step, steps = ParameterGroupTrainer.training_step, []
+
+    def counted_and_killed_in_the_fifth_step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 5:
+            raise _Killed
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ParameterGroupTrainer, "training_step", counted_and_killed_in_the_fifth_step)
+    with pytest.raises(_Killed):
+        finetune.main(argv(tmp_path / "killed", **flags))
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    capsys.readouterr()
+    steps.clear()
+    assert finetune.main(argv(tmp_path / "killed", resume_from_checkpoint="latest", **flags)) == 0
+    assert f"resuming from {tmp_path / 'killed' / 'checkpoint-3'}" in capsys.readouterr().out
+    assert len(steps) == 3  # steps 4-6: the first three came back with the checkpoint
+    expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=name)
 
 
 def test_time_cap_stops_training_and_the_run_records_it_as_cut_short(tmp_path, capsys):

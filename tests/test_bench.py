@@ -412,9 +412,10 @@ def _tiny_recipe(**overrides) -> quality.Recipe:
     return quality.Recipe(**{**fields, **overrides})
 
 
-def _tiny_model(name: str) -> torch.nn.Module:
-    """A benchmark model at the synthetic tasks' scale (vocabulary 20, width 32, 2 layers), seeded."""
-    torch.manual_seed(0)
+def _tiny_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """A benchmark model at the synthetic tasks' scale (vocabulary 20, width 32, 2 layers), built after
+    ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
     shape = comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2, num_heads=1, intermediate_size=64,
                                    max_length=31)
     return comparators.build_model(name, shape)
@@ -530,9 +531,7 @@ def test_fixed_set_training_killed_after_an_epoch_takes_up_from_its_checkpoint_t
     with pytest.raises(_Killed):
         quality.train_fixed_set(_tiny_model(name), train_set, test_set, recipe, lr=3e-3, seed=0, on_epoch=kill,
                                 checkpoint=checkpoint)
-    torch.manual_seed(1)  # another initialisation and another global random state: the checkpoint restores both
-    model = comparators.build_model(name, comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2,
-                                                                 num_heads=1, intermediate_size=64, max_length=31))
+    model = _tiny_model(name, seed=1)  # another initialisation and global random state: the checkpoint restores both
     resumed = quality.train_fixed_set(model, train_set, test_set, recipe, lr=3e-3, seed=0, checkpoint=checkpoint)
     assert resumed["resumed_after_epochs"] == [2] and whole["resumed_after_epochs"] == []
     assert resumed["train_loss_by_epoch"] == whole["train_loss_by_epoch"]
@@ -568,9 +567,7 @@ def test_stream_training_killed_mid_run_takes_up_from_its_checkpoint_to_the_unin
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(_Killed):  # in step 8, after the checkpoint of step 6
         train(_tiny_model(name), torch.Generator().manual_seed(0), killed_at=8, checkpoint=checkpoint)
-    torch.manual_seed(1)  # another initialisation, global RNG and batch generator: the checkpoint restores them
-    model = comparators.build_model(name, comparators.ModelShape(vocab_size=20, hidden_size=32, num_layers=2,
-                                                                 num_heads=1, intermediate_size=64, max_length=31))
+    model = _tiny_model(name, seed=1)  # other weights, global RNG and batch generator: the checkpoint restores them
     resumed = train(model, torch.Generator().manual_seed(1), checkpoint=checkpoint)
     assert resumed["resumed_after_steps"] == [6] and whole["resumed_after_steps"] == []
     assert resumed["final_train_loss"] == whole["final_train_loss"]
